@@ -1,0 +1,435 @@
+"""The pipeline's central promise, as properties (ARCHITECTURE invariants 1-4).
+
+These tests drive the real pipeline (hub, ingest, reader) on a real SQLite store,
+without sockets, so that hypothesis can try many interleavings of chunk
+arrivals, joins, stalls, reconnects and talker drops quickly. The same
+properties are checked over HTTP/2 and WebSocket in test_streaming.py.
+
+Property (VXS-6.2-1, VXS-6.3-1): whatever the moment a listener joins and the
+offset it asks for, it receives the message's chunks from that offset exactly
+once, in order, then the end marker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from voxer_stream.pipeline import Hub, ListenSession, UploadSession
+from voxer_stream.store import SQLiteStore
+from voxer_stream.store.base import MessageRecord, Thread
+from voxer_stream.wire import (
+    Chunk,
+    End,
+    Error,
+    ErrorCode,
+    Frame,
+    Listen,
+    Open,
+    ProtocolError,
+    decode_frame,
+    encode_frame,
+)
+from voxer_stream.wire.listen import ListenChecker
+from voxer_stream.wire.upload import UploadClient
+
+THREAD = "t1"
+TALKER = "alice"
+LISTENER = "bob"
+FRAME = 960  # 20 ms at 48 kHz
+
+
+def opus_chunk(seq: int, *, salt: bytes = b"") -> Chunk:
+    """A chunk of one code-0 CELT fullband 20 ms packet (TOC 0x78), unique per seq."""
+    packet = b"\x78" + seq.to_bytes(4, "big") + salt + bytes(30)
+    return Chunk(seq=seq, ts=seq * FRAME, packets=(packet,))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.001)
+
+
+class MemorySink:
+    """A transport that keeps decoded frames; ``stall`` makes it stop reading."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.error: Error | None = None
+        self._open = trio.Event()
+        self._open.set()
+
+    def stall(self) -> None:
+        if self._open.is_set():  # a second stall must not orphan the first waiter
+            self._open = trio.Event()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        await self._open.wait()
+        for data in frames:
+            self.frames.append(decode_frame(data))
+
+    async def fail(self, exc: ProtocolError, data: bytes) -> None:
+        frame = decode_frame(data)
+        assert isinstance(frame, Error)
+        self.error = frame
+
+
+async def allow(_: object) -> None:
+    return None
+
+
+@dataclass
+class Harness:
+    hub: Hub
+    nursery: trio.Nursery
+
+    async def listen(
+        self, request: Listen, sink: MemorySink
+    ) -> tuple[trio.CancelScope, trio.Event]:
+        """Start a listen session; cancel the scope to disconnect, the event says it ended."""
+        scope, done = trio.CancelScope(), trio.Event()
+
+        async def run() -> None:
+            with scope:
+                await ListenSession(self.hub, request, allow, sink).run()
+            done.set()
+
+        self.nursery.start_soon(run)
+        return scope, done
+
+
+@dataclass
+class Talker:
+    """A talker connection driven frame by frame, with resume (VXS-5.2-4)."""
+
+    harness: Harness
+    client: UploadClient = field(default_factory=lambda: UploadClient(OPEN))
+    sink: MemorySink = field(default_factory=MemorySink)
+    scope: trio.CancelScope | None = None
+    _send: trio.MemorySendChannel[bytes] | None = None
+    _seen: int = 0
+
+    async def connect(self) -> None:
+        send, receive = trio.open_memory_channel[bytes](1000)
+        self._send, self.sink, self.scope = send, MemorySink(), trio.CancelScope()
+        self._seen = 0
+        scope, sink = self.scope, self.sink
+
+        async def source() -> AsyncIterator[bytes]:
+            async for data in receive:
+                yield data
+
+        async def run() -> None:
+            with scope:
+                await UploadSession(self.harness.hub, TALKER, allow, sink).run(source())
+
+        self.harness.nursery.start_soon(run)
+        await send.send(self.client.start())
+        await wait_until(lambda: bool(sink.frames) or sink.error is not None)
+        self.absorb()
+        assert self._send is not None
+        if resend := self.client.resend():
+            await self._send.send(resend)
+
+    def absorb(self) -> None:
+        """Feed the server's new frames to the talker's state machine."""
+        for frame in self.sink.frames[self._seen :]:
+            self.client.receive_data(encode_frame(frame))
+        self._seen = len(self.sink.frames)
+
+    async def chunk(self, chunk: Chunk) -> None:
+        assert self._send is not None
+        await self._send.send(self.client.send_chunk(chunk))
+
+    def drop(self) -> None:
+        assert self.scope is not None
+        self.absorb()
+        self.scope.cancel()
+
+    async def close(self) -> None:
+        assert self._send is not None
+        await self._send.send(self.client.close())
+        await wait_until(lambda: self.absorb() or self.client.closed is not None)
+
+
+OPEN = Open(msg="m1", thread=THREAD, created=1_700_000_000_000)
+
+
+async def setup_store(store: SQLiteStore) -> None:
+    await store.create_thread(
+        Thread(
+            id=THREAD,
+            title="t",
+            created_by=TALKER,
+            created=0,
+            participants=frozenset({TALKER, LISTENER}),
+        )
+    )
+
+
+def received_seqs(frames: list[Frame]) -> list[int]:
+    return [f.seq for f in frames if isinstance(f, Chunk)]
+
+
+@dataclass
+class Listener:
+    """One listener across reconnects: the checker spans all its connections."""
+
+    request: Listen
+    sink: MemorySink = field(default_factory=MemorySink)
+    scope: trio.CancelScope | None = None
+    done: trio.Event | None = None
+    connections: list[MemorySink] = field(default_factory=list)
+    start: int | None = None
+    seqs: list[int] = field(default_factory=list)
+
+    def next_seq(self) -> int | None:
+        """The next seq this listener needs, once its first connection said where it starts."""
+        self.collect()
+        if self.start is None:
+            return None
+        return self.start + len(self.seqs)
+
+    def collect(self) -> None:
+        self.seqs = []
+        for sink in self.connections:
+            frames = sink.frames
+            if frames and self.start is None:
+                self.start = frames[0].start_seq  # type: ignore[attr-defined]
+            self.seqs.extend(received_seqs(frames))
+
+
+ACTIONS = st.lists(
+    st.one_of(
+        st.just(("chunk",)),
+        st.just(("chunk",)),
+        st.just(("chunk",)),
+        st.tuples(
+            st.just("join"), st.sampled_from(["start", "seq", "ts", "edge"]), st.integers(0, 40)
+        ),
+        st.tuples(st.just("stall"), st.integers(0, 5)),
+        st.tuples(st.just("resume"), st.integers(0, 5)),
+        st.tuples(st.just("reconnect"), st.integers(0, 5)),
+        st.just(("drop",)),
+    ),
+    max_size=60,
+)
+
+
+async def run_scenario(data_dir: Path, actions: list[tuple[object, ...]]) -> None:
+    async with SQLiteStore(data_dir / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery, tail_limit=8)  # a small tail exercises storage reads
+            harness = Harness(hub, nursery)
+            talker = Talker(harness)
+            await talker.connect()
+            listeners: list[Listener] = []
+            sent = 0
+
+            async def connect(listener: Listener, request: Listen) -> None:
+                sink = MemorySink()
+                listener.connections.append(sink)
+                listener.scope, listener.done = await harness.listen(request, sink)
+                await wait_until(lambda: bool(sink.frames) or sink.error is not None)
+                assert sink.error is None, sink.error
+
+            for action in actions:
+                kind = action[0]
+                if kind == "chunk":
+                    await talker.chunk(opus_chunk(sent))
+                    sent += 1
+                    live = hub.peek(OPEN.msg)
+                    assert live is not None
+                    await wait_until(lambda live=live, sent=sent: live.next_seq >= sent)
+                elif kind == "join":
+                    _, how, n = action
+                    assert isinstance(n, int)
+                    request = {
+                        "start": Listen(msg=OPEN.msg),
+                        "seq": Listen(msg=OPEN.msg, from_seq=min(n, sent)),
+                        "ts": Listen(msg=OPEN.msg, from_ts=n * FRAME // 2),
+                        "edge": Listen(msg=OPEN.msg, live_edge=True),
+                    }[str(how)]
+                    listener = Listener(request)
+                    listeners.append(listener)
+                    await connect(listener, request)
+                    listener.collect()
+                    # VXS-6.1-3, VXS-6.1-4: the stream starts where it was asked to
+                    expected = {
+                        "start": 0,
+                        "seq": min(n, sent),
+                        "ts": min(n // 2, sent),
+                        "edge": sent,
+                    }[str(how)]
+                    assert listener.start == expected, (how, n, sent, listener.start)
+                elif kind in ("stall", "resume", "reconnect") and listeners:
+                    index = action[1]
+                    assert isinstance(index, int)
+                    listener = listeners[index % len(listeners)]
+                    sink = listener.connections[-1]
+                    if kind == "stall":
+                        sink.stall()
+                    elif kind == "resume":
+                        sink.resume()
+                    else:
+                        assert listener.scope is not None and listener.done is not None
+                        listener.scope.cancel()
+                        await listener.done.wait()  # the old connection is really gone
+                        next_seq = listener.next_seq()
+                        assert next_seq is not None
+                        await connect(listener, Listen(msg=OPEN.msg, from_seq=next_seq))
+                elif kind == "drop":
+                    talker.drop()
+                    await talker.connect()
+            for listener in listeners:
+                listener.connections[-1].resume()
+            await talker.close()
+            closed = talker.client.closed
+            assert closed is not None and closed.chunks == sent
+            late = Listener(Listen(msg=OPEN.msg))
+            listeners.append(late)
+            await connect(late, late.request)
+            for listener in listeners:
+                sink = listener.connections[-1]
+                await wait_until(
+                    lambda sink=sink: bool(sink.frames) and isinstance(sink.frames[-1], End)
+                )
+                listener.collect()
+                assert listener.start is not None
+                # exactly once, in order, from the listener's start to the end
+                assert listener.seqs == list(range(listener.start, sent)), listener.request
+                end = sink.frames[-1]
+                assert isinstance(end, End) and end.chunks == sent
+                # each connection on its own also obeys the listen state machine
+                for connection in listener.connections:
+                    checker = ListenChecker()
+                    for frame in connection.frames:
+                        checker.apply(frame)
+            stored = await store.read_chunks(OPEN.msg, 0, 10_000)
+            assert [c.seq for c in stored] == list(range(sent))
+            assert all(c.packets == opus_chunk(c.seq).packets for c in stored)
+            nursery.cancel_scope.cancel()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(actions=ACTIONS)
+async def test_every_listener_gets_every_chunk_once_in_order(
+    actions: list[tuple[object, ...]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        await run_scenario(Path(tmp), actions)
+
+
+async def test_stalled_listener_delays_neither_talker_nor_others(tmp_path: Path) -> None:
+    """VXS-6.5-1, VXS-6.5-2: a listener that stops reading costs nobody anything."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery, tail_limit=50)
+            harness = Harness(hub, nursery)
+            talker = Talker(harness)
+            await talker.connect()
+            stalled, healthy = MemorySink(), MemorySink()
+            stalled.stall()
+            await harness.listen(Listen(msg=OPEN.msg), stalled)
+            await harness.listen(Listen(msg=OPEN.msg), healthy)
+            for seq in range(500):
+                await talker.chunk(opus_chunk(seq))
+            await wait_until(lambda: talker.absorb() or talker.client.acked == 499)
+            await wait_until(lambda: len(received_seqs(healthy.frames)) == 500)
+            assert stalled.frames == []
+            await talker.close()
+            await wait_until(lambda: bool(healthy.frames) and isinstance(healthy.frames[-1], End))
+            stalled.resume()
+            await wait_until(lambda: bool(stalled.frames) and isinstance(stalled.frames[-1], End))
+            assert received_seqs(stalled.frames) == list(range(500))
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        pytest.param([opus_chunk(0), opus_chunk(2)], ErrorCode.SEQUENCE_GAP, id="gap"),
+        pytest.param(
+            [opus_chunk(0), opus_chunk(0, salt=b"other")], ErrorCode.CHUNK_CONFLICT, id="conflict"
+        ),
+        pytest.param(
+            [opus_chunk(0), Chunk(seq=1, ts=0, packets=(b"\x78" + bytes(5),))],
+            ErrorCode.TIMESTAMP_REGRESSION,
+            id="ts-regression",
+        ),
+        pytest.param(
+            [opus_chunk(0), Chunk(seq=1, ts=FRAME, packets=(b"\x03",))],
+            ErrorCode.INVALID_OPUS,
+            id="not-opus",
+        ),
+    ],
+)
+async def test_rejected_chunk_changes_nothing_stored(
+    tmp_path: Path, frames: list[Chunk], code: ErrorCode
+) -> None:
+    """VXS-5.6-2: the error is reported and what was stored stays as it was."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            sink = MemorySink()
+            data = encode_frame(OPEN) + b"".join(encode_frame(f) for f in frames)
+
+            async def source() -> AsyncIterator[bytes]:
+                yield data
+                await trio.sleep_forever()
+
+            with trio.fail_after(5):
+                await UploadSession(hub, TALKER, allow, sink).run(source())
+            assert sink.error is not None and sink.error.code == code
+            live = hub.peek(OPEN.msg)
+            assert live is not None
+            await live.wait_durable(1)
+            stored = await store.read_chunks(OPEN.msg, 0, 10)
+            assert [(c.seq, c.packets) for c in stored] == [(0, opus_chunk(0).packets)]
+            nursery.cancel_scope.cancel()
+
+
+async def test_resent_identical_chunk_is_harmless(tmp_path: Path) -> None:
+    """VXS-5.4-1."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            talker = Talker(Harness(hub, nursery))
+            await talker.connect()
+            await talker.chunk(opus_chunk(0))
+            await talker.chunk(opus_chunk(1))
+            assert talker._send is not None
+            await talker._send.send(encode_frame(opus_chunk(0)))
+            await talker.close()
+            assert talker.sink.error is None
+            record = await store.get_message(OPEN.msg)
+            assert record == MessageRecord(
+                id=OPEN.msg,
+                thread_id=THREAD,
+                sender=TALKER,
+                codec="opus",
+                created=OPEN.created,
+                state="closed",
+                chunks=2,
+                duration=2 * FRAME,
+            )
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,235 @@
+"""The hub: every live message's in-memory tail, its committer, and its listeners.
+
+Why a tail and cursors instead of a queue per listener: a listener is only a
+position (the next seq it needs). Publishing a chunk appends it to the tail and
+wakes whoever waits; each listener's task then sends from its own position. A
+listener that stops reading blocks only its own task (its transport's send
+buffer is the bounded per-listener buffer), so it can never delay the talker or
+anyone else (VXS-6.5-1), and it loses nothing: when it reads again its position
+is still valid, served from the tail or, once trimmed, from storage (VXS-6.5-2).
+The same position makes the stored-to-live handoff exact (VXS-6.2-3): there is
+no second copy of a chunk that could be sent twice.
+
+Durability is the hub's too: each live message has one committer task that
+appends published chunks to the store in batches and advances ``durable``; the
+talker's connection only reads ``durable`` to ack (VXS-5.3-3). Chunks received
+are committed even if their talker vanishes a moment later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from ..store.base import MessageRecord, Store, StoredChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Uploader:
+    """The upload stream attached to a live message; a newer one supersedes it."""
+
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    superseded: bool = False
+
+    def supersede(self) -> None:
+        self.superseded = True
+        self.cancel_scope.cancel()
+
+
+class LiveMessage:
+    """A live message: its tail ``tail_start .. next_seq-1`` and its durable count."""
+
+    def __init__(self, record: MessageRecord, *, tail_limit: int) -> None:
+        self.record = record
+        self.tail: list[StoredChunk] = []
+        self.tail_start = record.chunks
+        self.next_seq = record.chunks
+        self.end_ts = record.duration
+        self.durable = record.chunks
+        self.closed = False
+        self.uploader: Uploader | None = None
+        self.last_activity = trio.current_time()
+        self.store_failure: BaseException | None = None
+        self._tail_limit = tail_limit
+        self._changed = trio.Event()
+        self._uncommitted: list[StoredChunk] = []
+        self._commit_wanted = trio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def publish(self, chunk: StoredChunk) -> None:
+        """Append the next chunk: live listeners get it now, the committer soon."""
+        assert chunk.seq == self.next_seq and not self.closed
+        self.tail.append(chunk)
+        self.next_seq += 1
+        self.end_ts = chunk.end_ts
+        self.last_activity = trio.current_time()
+        self._uncommitted.append(chunk)
+        self._commit_wanted.set()
+        self._wake()
+
+    def chunk_at(self, seq: int) -> StoredChunk | None:
+        """The chunk ``seq`` if it is in the tail."""
+        if self.tail_start <= seq < self.next_seq:
+            return self.tail[seq - self.tail_start]
+        return None
+
+    def tail_from(self, seq: int, limit: int) -> list[StoredChunk]:
+        """Up to ``limit`` tail chunks from ``seq`` (which must be in the tail or at its end)."""
+        start = seq - self.tail_start
+        return self.tail[start : start + limit]
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Wait until chunk ``seq`` is published or the message closes."""
+        while self.next_seq <= seq and not self.closed:
+            await self._changed.wait()
+
+    async def wait_durable(self, count: int) -> None:
+        """Wait until ``count`` chunks are durable (or the committer failed)."""
+        while self.durable < count and self.store_failure is None:
+            await self._changed.wait()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def mark_closed(self) -> None:
+        self.closed = True
+        self._wake()
+
+    async def run_committer(self, store: Store) -> None:
+        """Append published chunks to the store in batches, in seq order, until closed."""
+        while True:
+            if not self._uncommitted:
+                if self.closed:
+                    return
+                self._commit_wanted = trio.Event()
+                await self._commit_wanted.wait()
+                continue
+            batch, self._uncommitted = self._uncommitted, []
+            try:
+                await store.append_chunks(self.id, batch)
+            except Exception as exc:
+                # The talker gets no ack for these chunks and will re-send them.
+                log.exception("store append failed for message %s", self.id)
+                self.store_failure = exc
+                self._wake()
+                return
+            self.durable = max(self.durable, batch[-1].seq + 1)
+            self._trim()
+            self._wake()
+
+    def _trim(self) -> None:
+        """Keep at most ``tail_limit`` chunks; only durable ones are dropped."""
+        excess = min(len(self.tail) - self._tail_limit, self.durable - self.tail_start)
+        if excess > 0:
+            del self.tail[:excess]
+            self.tail_start += excess
+
+
+class _KeyedLock:
+    """One ``trio.Lock`` per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Hub:
+    """Owns the live messages of this process.
+
+    ``get`` and ``close`` hold a per-message lock around their store access, so a
+    listener can never attach to a message that a talker is closing at that
+    moment and then wait forever for chunks that will not come.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        nursery: trio.Nursery,
+        *,
+        tail_limit: int = 3000,
+        abandon_after: float = 300.0,
+    ) -> None:
+        self.store = store
+        self._nursery = nursery
+        self._live: dict[str, LiveMessage] = {}
+        self._lock = _KeyedLock()
+        self.tail_limit = tail_limit
+        self.abandon_after = abandon_after
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def peek(self, message_id: str) -> LiveMessage | None:
+        return self._live.get(message_id)
+
+    async def get(self, message_id: str) -> tuple[MessageRecord | None, LiveMessage | None]:
+        """The message's stored record and, if it is live, its ``LiveMessage``."""
+        live = self._live.get(message_id)
+        if live is not None:
+            return live.record, live
+        async with self._lock(message_id):
+            live = self._live.get(message_id)
+            if live is not None:
+                return live.record, live
+            record = await self.store.get_message(message_id)
+            if record is None or record.state == "closed":
+                return record, None
+            live = LiveMessage(record, tail_limit=self.tail_limit)
+            self._live[message_id] = live
+            self._nursery.start_soon(live.run_committer, self.store)
+            return record, live
+
+    async def close(self, live: LiveMessage) -> None:
+        """Commit everything, mark the message closed durably, then tell listeners."""
+        await live.wait_durable(live.next_seq)
+        if live.store_failure is not None:
+            raise live.store_failure
+        async with self._lock(live.id):
+            if live.closed:
+                return
+            await self.store.close_message(live.id, live.next_seq, live.end_ts)
+            live.mark_closed()
+            del self._live[live.id]
+
+    async def run_abandon_watchdog(self) -> None:
+        """Close live messages whose talker has been gone too long (VXS-5.7-3)."""
+        if not math.isfinite(self.abandon_after):
+            return
+        while True:
+            await trio.sleep(max(1.0, self.abandon_after / 10))
+            now = trio.current_time()
+            for live in list(self._live.values()):
+                idle = now - live.last_activity
+                if live.uploader is None and idle >= self.abandon_after and not live.closed:
+                    log.info("closing abandoned message %s after %.0f s", live.id, idle)
+                    try:
+                        await self.close(live)
+                    except Exception:
+                        log.exception("could not close abandoned message %s", live.id)

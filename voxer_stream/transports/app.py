@@ -1,0 +1,224 @@
+"""The ASGI application: REST on Quart (trio), the streaming routes as raw ASGI.
+
+``create_app`` returns one ASGI callable. Requests for the live path (upload,
+listen, WebSocket) go straight to ``streams`` and ``websocket``; everything else
+is the quart-trio app below. REST errors are JSON objects carrying the same
+registry code and name as an error frame (spec section 8).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .. import __version__
+from ..media.ogg import write_ogg_opus
+from ..service.identity import bearer_token
+from ..store.base import Account, MessageRecord, Thread
+from ..wire import ErrorCode, ProtocolError
+from .streams import Receive, Scope, Send, Services, listen, upload
+from .websocket import serve_websocket
+
+LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
+
+
+def _error_body(code: ErrorCode, detail: str) -> dict[str, Any]:
+    return {"error": {"code": int(code), "name": code.name, "detail": detail}}
+
+
+def _message_json(record: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "thread": record.thread_id,
+        "sender": record.sender,
+        "codec": record.codec,
+        "created": record.created,
+        "state": record.state,
+        "chunks": record.chunks,
+        "duration": record.duration,
+    }
+
+
+def create_rest_app(services: Services) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None)
+    store = services.hub.store
+
+    @app.errorhandler(ProtocolError)
+    async def protocol_error(exc: ProtocolError) -> tuple[Any, int]:
+        return jsonify(_error_body(exc.code, exc.detail)), exc.code.http_status
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> tuple[Any, int]:
+        status = exc.code or 500
+        code = ErrorCode.NOT_FOUND if status in (404, 405) else ErrorCode.INVALID_REQUEST
+        return jsonify(_error_body(code, exc.description or "")), status
+
+    async def body() -> dict[str, Any]:
+        data = await request.get_json(force=True, silent=True)
+        if not isinstance(data, dict):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+        return data
+
+    def text(data: dict[str, Any], key: str) -> str:
+        value = data.get(key)
+        if not isinstance(value, str):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key!r} must be a string")
+        return value
+
+    def names(data: dict[str, Any], key: str) -> list[str]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key!r} must be a list of strings")
+        return value
+
+    async def current() -> Account:
+        return await services.identity.authenticate(
+            bearer_token(request.headers.get("Authorization"))
+        )
+
+    async def thread_json(thread: Thread) -> dict[str, Any]:
+        people = []
+        for account_id in sorted(thread.participants):
+            account = await store.get_account(account_id)
+            if account is not None:
+                people.append({"id": account.id, "username": account.username})
+        return {
+            "id": thread.id,
+            "title": thread.title,
+            "created_by": thread.created_by,
+            "created": thread.created,
+            "participants": people,
+        }
+
+    @app.get("/v1/health")
+    async def health() -> Any:
+        return {"status": "ok", "version": __version__, "live_messages": len(services.hub)}
+
+    @app.post("/v1/accounts")
+    async def register() -> Any:
+        data = await body()
+        account = await services.identity.register(text(data, "username"), text(data, "password"))
+        return {"id": account.id, "username": account.username}, 201
+
+    @app.post("/v1/sessions")
+    async def login() -> Any:
+        data = await body()
+        issued = await services.identity.login(text(data, "username"), text(data, "password"))
+        return {
+            "token": issued.token,
+            "account_id": issued.account.id,
+            "expires": issued.expires,
+        }, 201
+
+    @app.delete("/v1/sessions/current")
+    async def logout() -> Any:
+        await current()
+        token = bearer_token(request.headers.get("Authorization"))
+        assert token is not None
+        await services.identity.logout(token)
+        return "", 204
+
+    @app.get("/v1/accounts/me")
+    async def me() -> Any:
+        account = await current()
+        return {"id": account.id, "username": account.username}
+
+    @app.post("/v1/threads")
+    async def create_thread() -> Any:
+        account = await current()
+        data = await body()
+        thread_id = data.get("id")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "'id' must be a string")
+        thread = await services.threads.create(
+            account,
+            title=str(data.get("title", "")),
+            participants=names(data, "participants"),
+            thread_id=thread_id,
+        )
+        return await thread_json(thread), 201
+
+    @app.get("/v1/threads")
+    async def list_threads() -> Any:
+        account = await current()
+        threads = await store.list_threads(account.id)
+        return {"threads": [await thread_json(t) for t in threads]}
+
+    @app.get("/v1/threads/<thread_id>")
+    async def get_thread(thread_id: str) -> Any:
+        account = await current()
+        return await thread_json(await services.threads.visible(account, thread_id))
+
+    @app.post("/v1/threads/<thread_id>/participants")
+    async def add_participants(thread_id: str) -> Any:
+        account = await current()
+        data = await body()
+        thread = await services.threads.add_participants(
+            account, thread_id, names(data, "usernames")
+        )
+        return await thread_json(thread)
+
+    @app.get("/v1/threads/<thread_id>/messages")
+    async def list_messages(thread_id: str) -> Any:
+        account = await current()
+        await services.threads.visible(account, thread_id)
+        records = await store.list_messages(thread_id)
+        return {"messages": [_message_json(r) for r in records]}
+
+    @app.get("/v1/messages/<message_id>")
+    async def get_message(message_id: str) -> Any:
+        account = await current()
+        return _message_json(await services.threads.message(account, message_id))
+
+    @app.get("/v1/messages/<message_id>/audio.opus")
+    async def export(message_id: str) -> Any:
+        account = await current()
+        record = await services.threads.message(account, message_id)
+        packets: list[bytes] = []
+        seq = 0
+        while seq < record.chunks:
+            batch = await store.read_chunks(record.id, seq, 1024)
+            if not batch:
+                break
+            for chunk in batch:
+                packets.extend(chunk.packets)
+            seq = batch[-1].seq + 1
+        out = io.BytesIO()
+        write_ogg_opus(packets, out)
+        return Response(
+            out.getvalue(),
+            content_type="audio/ogg; codecs=opus",
+            headers={"Content-Disposition": f'attachment; filename="{record.id}.opus"'},
+        )
+
+    return app
+
+
+class Router:
+    """Sends the live path to the raw ASGI handlers, the rest to Quart."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        # Quart's own ASGI types are narrower TypedDicts than our plain dicts.
+        self.rest: Any = create_rest_app(services)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        path = scope.get("path", "")
+        if kind == "http":
+            if path == "/v1/upload" and scope["method"] == "POST":
+                await upload(scope, receive, send, self.services)
+                return
+            match = LISTEN_PATH.fullmatch(path)
+            if match and scope["method"] == "GET":
+                await listen(scope, receive, send, self.services, match.group(1))
+                return
+        elif kind == "websocket" and path == "/v1/ws":
+            await serve_websocket(scope, receive, send, self.services)
+            return
+        await self.rest(scope, receive, send)

@@ -1,0 +1,83 @@
+"""Run the server: storage, hub and the ASGI app on hypercorn's trio worker.
+
+``run_server`` is a trio task that reports its bound URLs through
+``task_status`` (so tests do ``urls = await nursery.start(run_server, config)``
+with port 0) and stops cleanly when cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from ..pipeline import Hub
+from ..service.identity import Identity
+from ..service.threads import Threads
+from ..store import open_store
+from ..wire import MAX_FRAME_SIZE
+from . import hypercorn_fix
+from .app import Router
+from .streams import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8750
+    data_dir: Path = Path("data")
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: Chunks of a live message kept in memory (60 s of 20 ms chunks).
+    tail_limit: int = 3000
+    #: A live message with no talker for this long is closed (VXS-5.7-3).
+    abandon_after: float = 300.0
+    #: "FULL" survives power loss; "NORMAL" survives a killed process only.
+    synchronous: str = "FULL"
+    max_streams: int = 2000
+
+
+def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"{config.host}:{config.port}"]
+    if config.certfile:
+        hconfig.certfile = config.certfile
+        hconfig.keyfile = config.keyfile
+    hconfig.alpn_protocols = ["h2", "http/1.1"]
+    hconfig.h2_max_concurrent_streams = config.max_streams
+    # Listen streams and uploads are long: never cut an idle-looking connection
+    # that has open streams; hypercorn's keep-alive only applies between requests.
+    hconfig.keep_alive_timeout = 75
+    hconfig.websocket_max_message_size = 2 * MAX_FRAME_SIZE
+    hconfig.graceful_timeout = 2.0
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    return hconfig
+
+
+async def run_server(
+    config: ServerConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    hypercorn_fix.install()
+    os.makedirs(config.data_dir, exist_ok=True)
+    async with (
+        open_store(config.data_dir, synchronous=config.synchronous) as store,
+        trio.open_nursery() as nursery,
+    ):
+        hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
+        nursery.start_soon(hub.run_abandon_watchdog)
+        services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
+        app: Any = Router(services)
+        binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(config)))
+        log.info("voxer-stream serving on %s (data in %s)", ", ".join(binds), config.data_dir)
+        task_status.started(binds)
+        await trio.sleep_forever()

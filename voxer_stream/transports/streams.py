@@ -1,0 +1,170 @@
+"""The HTTP/2 binding of upload and listen (spec section 10), as raw ASGI.
+
+These two routes are the live path, so they bypass Quart's request and response
+machinery: no request context, no response timeout, no body size limit to
+switch off, and one ASGI send per batch of frames. Everything else in the
+binding (REST) is the Quart app in ``app.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import trio
+
+from ..pipeline import Hub, ListenSession, UploadSession
+from ..service.identity import Identity, bearer_token
+from ..service.threads import Threads
+from ..store.base import Account, MessageRecord
+from ..wire import Error, ErrorCode, Listen, ProtocolError, encode_frame
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+CBOR_SEQ = b"application/cbor-seq"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the transports need from the layers below."""
+
+    hub: Hub
+    identity: Identity
+    threads: Threads
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class HttpSink:
+    """Frames into one streaming HTTP response (VXS-10-4, VXS-10-7)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.ended = False
+
+    async def _start(self, status: int) -> None:
+        self.started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", CBOR_SEQ), (b"cache-control", b"no-store")],
+            }
+        )
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        if not self.started:
+            await self._start(200)
+        body = frames[0] if len(frames) == 1 else b"".join(frames)
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def fail(self, exc: ProtocolError, data: bytes) -> None:
+        if not self.started:
+            await self._start(exc.code.http_status)
+        await self.finish(data)
+
+    async def finish(self, data: bytes = b"") -> None:
+        if self.ended:
+            return
+        if not self.started:
+            await self._start(200)
+        self.ended = True
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def refuse(sink: HttpSink, exc: ProtocolError) -> None:
+    await sink.fail(exc, encode_frame(Error.from_exception(exc)))
+
+
+async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives; ends at the end of the body or a disconnect."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        if body := message.get("body", b""):
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+async def cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """Stop a response the client has gone away from (it would otherwise wait forever)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def authenticate(services: Services, authorization: str | None) -> Account:
+    return await services.identity.authenticate(bearer_token(authorization))
+
+
+async def upload(scope: Scope, receive: Receive, send: Send, services: Services) -> None:
+    """``POST /v1/upload`` (VXS-10-2, VXS-10-3)."""
+    sink = HttpSink(send)
+    try:
+        account = await authenticate(services, header(scope, b"authorization"))
+    except ProtocolError as exc:
+        await refuse(sink, exc)
+        return
+
+    async def authorize(thread_id: str) -> None:
+        await services.threads.can_post(account, thread_id)
+
+    session = UploadSession(services.hub, account.id, authorize, sink)
+    await session.run(request_body(receive))
+    await sink.finish()
+
+
+def parse_listen(message_id: str, query: bytes) -> Listen:
+    """Query parameters of ``GET /v1/messages/{id}/listen`` as a listen frame (VXS-10-6)."""
+    fields: dict[str, Any] = {}
+    try:
+        for key, value in parse_qsl(query.decode("ascii"), strict_parsing=False):
+            if key in ("from_seq", "from_ts"):
+                number = int(value)
+                if number < 0:
+                    raise ValueError(key)
+                fields[key] = number
+            elif key == "live_edge":
+                fields[key] = value.lower() in ("1", "true", "yes")
+            elif key == "speed":
+                fields[key] = float(value)
+        return Listen(msg=message_id, **fields)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_LISTEN, f"bad query parameter: {exc}", "VXS-10-6"
+        ) from None
+
+
+async def listen(
+    scope: Scope, receive: Receive, send: Send, services: Services, message_id: str
+) -> None:
+    """``GET /v1/messages/{id}/listen`` (VXS-10-6)."""
+    sink = HttpSink(send)
+    try:
+        request = parse_listen(message_id, scope.get("query_string", b""))
+        account = await authenticate(services, header(scope, b"authorization"))
+    except ProtocolError as exc:
+        await refuse(sink, exc)
+        return
+
+    async def authorize(record: MessageRecord) -> None:
+        await services.threads.can_listen(account, record)
+
+    session = ListenSession(services.hub, request, authorize, sink)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
+        await session.run()
+        nursery.cancel_scope.cancel()
+    await sink.finish()
