@@ -52,7 +52,7 @@ def opus_chunk(seq: int, *, salt: bytes = b"") -> Chunk:
     return Chunk(seq=seq, ts=seq * FRAME, packets=(packet,))
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not condition():
             await trio.sleep(0.001)

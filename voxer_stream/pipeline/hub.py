@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..store.base import MessageRecord, Store, StoredChunk
+from ..wire import Chunk, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class LiveMessage:
     def __init__(self, record: MessageRecord, *, tail_limit: int) -> None:
         self.record = record
         self.tail: list[StoredChunk] = []
+        #: The encoded chunk frame of each tail chunk: encoded once, sent to every listener.
+        self.tail_wire: list[bytes] = []
         self.tail_start = record.chunks
         self.next_seq = record.chunks
         self.end_ts = record.duration
@@ -74,6 +77,7 @@ class LiveMessage:
         """Append the next chunk: live listeners get it now, the committer soon."""
         assert chunk.seq == self.next_seq and not self.closed
         self.tail.append(chunk)
+        self.tail_wire.append(chunk_frame(chunk))
         self.next_seq += 1
         self.end_ts = chunk.end_ts
         self.last_activity = trio.current_time()
@@ -87,10 +91,10 @@ class LiveMessage:
             return self.tail[seq - self.tail_start]
         return None
 
-    def tail_from(self, seq: int, limit: int) -> list[StoredChunk]:
-        """Up to ``limit`` tail chunks from ``seq`` (which must be in the tail or at its end)."""
+    def tail_from(self, seq: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` encoded tail chunks from ``seq`` (in the tail or at its end)."""
         start = seq - self.tail_start
-        return self.tail[start : start + limit]
+        return self.tail_wire[start : start + limit]
 
     async def wait_beyond(self, seq: int) -> None:
         """Wait until chunk ``seq`` is published or the message closes."""
@@ -136,7 +140,13 @@ class LiveMessage:
         excess = min(len(self.tail) - self._tail_limit, self.durable - self.tail_start)
         if excess > 0:
             del self.tail[:excess]
+            del self.tail_wire[:excess]
             self.tail_start += excess
+
+
+def chunk_frame(chunk: StoredChunk) -> bytes:
+    """The wire encoding of a stored chunk (a ``chunk`` frame, VXS-4.2-1)."""
+    return encode_frame(Chunk(seq=chunk.seq, ts=chunk.ts, packets=chunk.packets))
 
 
 class _KeyedLock:

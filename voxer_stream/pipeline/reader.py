@@ -20,7 +20,6 @@ import trio
 
 from ..store.base import MessageRecord, StoredChunk
 from ..wire import (
-    Chunk,
     End,
     Error,
     ErrorCode,
@@ -30,7 +29,7 @@ from ..wire import (
     ProtocolError,
     encode_frame,
 )
-from .hub import Hub, LiveMessage
+from .hub import Hub, LiveMessage, chunk_frame
 from .ingest import first_protocol_error
 from .sink import AuthorizeListen, FrameSink
 
@@ -52,10 +51,6 @@ def _info(record: MessageRecord, start_seq: int, live: LiveMessage | None) -> Me
         state="live" if live is not None else "closed",
         start_seq=start_seq,
     )
-
-
-def _wire(chunk: StoredChunk) -> bytes:
-    return encode_frame(Chunk(seq=chunk.seq, ts=chunk.ts, packets=chunk.packets))
 
 
 class _Pacer:
@@ -136,14 +131,20 @@ class ListenSession:
         return await self.hub.store.seq_at_ts(record.id, ts)
 
     async def _send_chunks(self, chunks: list[StoredChunk], pacer: _Pacer) -> None:
+        await self._send_wire([chunk_frame(chunk) for chunk in chunks], chunks, pacer)
+
+    async def _send_wire(
+        self, frames: list[bytes], chunks: list[StoredChunk], pacer: _Pacer
+    ) -> None:
+        """Send encoded chunks; ``chunks`` gives their media times for pacing."""
         if pacer.speed == 0.0:
             # As fast as possible: one send for the whole batch.
-            await self.sink.send([_wire(chunk) for chunk in chunks])
+            await self.sink.send(frames)
         else:
-            for chunk in chunks:
+            for frame, chunk in zip(frames, chunks, strict=True):
                 await pacer.wait(chunk)
-                await self.sink.send([_wire(chunk)])
-        self.sent += len(chunks)
+                await self.sink.send([frame])
+        self.sent += len(frames)
 
     async def _follow(self, live: LiveMessage, cursor: int, pacer: _Pacer) -> int:
         """Send from ``cursor`` while the message is live; returns the cursor at close."""
@@ -153,8 +154,18 @@ class ListenSession:
                 batch = await self.hub.store.read_chunks(
                     live.id, cursor, min(STORE_BATCH, live.tail_start - cursor)
                 )
+                if not batch or batch[0].seq != cursor:
+                    raise ProtocolError(ErrorCode.INTERNAL_ERROR, f"chunk {cursor} is missing")
+                await self._send_chunks(batch, pacer)
+                cursor = batch[-1].seq + 1
             elif cursor < live.next_seq:
-                batch = live.tail_from(cursor, TAIL_BATCH)
+                # Take the chunks and their encodings in one step: no await in between,
+                # so a trim of the tail cannot shift them apart.
+                start = cursor - live.tail_start
+                chunks = live.tail[start : start + TAIL_BATCH]
+                frames = live.tail_from(cursor, TAIL_BATCH)
+                await self._send_wire(frames, chunks, pacer)
+                cursor += len(frames)
             elif live.closed:
                 return cursor
             else:
@@ -163,11 +174,6 @@ class ListenSession:
                     pacer.speed = 0.0  # at the live edge: real time by nature
                     await self.sink.send([encode_frame(Live(seq=cursor))])
                 await live.wait_beyond(cursor)
-                continue
-            if not batch or batch[0].seq != cursor:
-                raise ProtocolError(ErrorCode.INTERNAL_ERROR, f"chunk {cursor} is missing")
-            await self._send_chunks(batch, pacer)
-            cursor = batch[-1].seq + 1
 
     async def _from_store(self, msg: str, cursor: int, count: int, pacer: _Pacer) -> int:
         """Send the stored chunks ``cursor .. count-1`` of a closed message."""

@@ -56,13 +56,13 @@ class Identity:
     async def register(self, username: str, password: str) -> Account:
         if not USERNAME.fullmatch(username):
             raise ProtocolError(
-                ErrorCode.INVALID_REQUEST, "username must match [a-z0-9_.-]{3,32}", "VXS-8-5"
+                ErrorCode.INVALID_REQUEST, "username must match [a-z0-9_.-]{3,32}", "VXS-8-7"
             )
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise ProtocolError(
                 ErrorCode.INVALID_REQUEST,
                 f"password must have {MIN_PASSWORD} to {MAX_PASSWORD} characters",
-                "VXS-8-5",
+                "VXS-8-7",
             )
         password_hash = await trio.to_thread.run_sync(self.hasher.hash, password)
         account = Account(

@@ -31,7 +31,8 @@ Handler = Callable[[Any, list[h2.events.Event]], Awaitable[None]]
 
 def _drop_orphan_data(original: Handler) -> Handler:
     async def handle_events(self: Any, events: list[h2.events.Event]) -> None:
-        kept: list[h2.events.Event] = []
+        # Events are handled one by one: whether a stream exists must be judged
+        # after the events before it (a HEADERS in the same read creates it).
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 self.connection.acknowledge_received_data(
@@ -40,9 +41,9 @@ def _drop_orphan_data(original: Handler) -> Handler:
                 # StreamClosedError: already reset by us or by the client.
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
                     self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                await self._flush()
             else:
-                kept.append(event)
-        await original(self, kept)
+                await original(self, [event])
 
     setattr(handle_events, _INSTALLED, True)
     return handle_events

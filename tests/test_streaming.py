@@ -1,0 +1,376 @@
+"""The HTTP/2 binding over real sockets: bad input, refusals, and a killed server.
+
+Every case here is one line of the issue's acceptance list: the peer gets the
+registry's error (as an HTTP status plus one error frame before the response
+started, or as an error frame in the stream), the stream ends cleanly, the
+server keeps serving, and nothing stored changes. Every byte the server sends
+is validated against proto/frames.cddl (VXS-3.1-4 for our own output).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import httpx
+import pycddl
+import pytest
+import trio
+from conftest import RunningServer, User, make_thread, make_user
+
+from voxer_stream.client.h2conn import H2Connection, StreamReset
+from voxer_stream.wire import (
+    Ack,
+    Chunk,
+    Close,
+    Closed,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Open,
+    Opened,
+    encode_frame,
+)
+from voxer_stream.wire.upload import UploadClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CDDL = (ROOT / "proto" / "frames.cddl").read_text(encoding="utf-8")
+# pycddl's .regexp is not anchored (see tests/test_vectors.py); anchor it.
+SCHEMA = pycddl.Schema(
+    CDDL.replace('.regexp "[A-Za-z0-9_-]{1,64}"', '.regexp "^[A-Za-z0-9_-]{1,64}$"')
+)
+
+
+def opus(seq: int, salt: bytes = b"") -> bytes:
+    return b"\x78" + seq.to_bytes(4, "big") + salt + bytes(40)
+
+
+def chunk(seq: int, salt: bytes = b"") -> Chunk:
+    return Chunk(seq=seq, ts=seq * 960, packets=(opus(seq, salt),))
+
+
+def decode_all(data: bytes) -> list[Frame]:
+    """Decode the server's bytes, validating each item against the CDDL schema."""
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    frames = list(decoder)
+    assert decoder.buffered == 0, "trailing partial frame"
+    for frame in frames:
+        SCHEMA.validate_cbor(encode_frame(frame))
+    return frames
+
+
+async def exchange(
+    url: str, token: str | None, body: bytes, path: str = "/v1/upload"
+) -> tuple[int, list[Frame]]:
+    """Send ``body`` as one upload request and read the whole response."""
+    headers = [("content-type", "application/cbor-seq")]
+    if token:
+        headers.append(("authorization", f"Bearer {token}"))
+    with trio.fail_after(10):
+        async with await H2Connection.connect(url) as conn:
+            stream = await conn.request("POST", path, headers)
+            try:
+                await stream.send(body)
+                await stream.end()
+            except StreamReset as exc:
+                # RFC 9113 8.1: a complete response, then RST_STREAM(NO_ERROR) to
+                # stop the rest of the body (VXS-10-5).
+                assert exc.error_code == 0
+            status = await stream.response_status()
+            data = await stream.read_all()
+    return status, decode_all(data) if path == "/v1/upload" else []
+
+
+async def assert_serving(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.get("/v1/health")
+    assert response.status_code == 200
+
+
+async def stored_packets(url: str, user: User, message_id: str) -> list[bytes]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.get(
+            f"/v1/messages/{message_id}/audio.opus",
+            headers={"Authorization": f"Bearer {user.token}"},
+        )
+    assert response.status_code == 200, response.text
+    from voxer_stream.media.ogg import read_ogg_opus
+
+    return read_ogg_opus(response.content)[1]
+
+
+@pytest.fixture
+async def people(server: RunningServer) -> tuple[User, User, User, str]:
+    alice = await make_user(server.url, "alice")
+    bob = await make_user(server.url, "bob")
+    eve = await make_user(server.url, "eve")
+    thread = await make_thread(server.url, alice, bob)
+    return alice, bob, eve, thread
+
+
+def upload_body(thread: str, msg: str, *frames: Frame) -> bytes:
+    return encode_frame(Open(msg=msg, thread=thread, created=1)) + b"".join(
+        encode_frame(f) for f in frames
+    )
+
+
+async def test_full_upload_gets_opened_acks_closed(server: RunningServer, people) -> None:
+    alice, _, _, thread = people
+    status, frames = await exchange(
+        server.url, alice.token, upload_body(thread, "m1", chunk(0), chunk(1), Close(chunks=2))
+    )
+    assert status == 200
+    assert frames[0] == Opened(msg="m1", next_seq=0, state="live")
+    assert frames[-1] == Closed(msg="m1", chunks=2, duration=1920)
+    acks = [f.seq for f in frames if isinstance(f, Ack)]
+    assert acks == sorted(set(acks)) and all(a <= 1 for a in acks)
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "code"),
+    [
+        pytest.param(None, 401, ErrorCode.UNAUTHENTICATED, id="no-token"),
+        pytest.param("not-a-token", 401, ErrorCode.UNAUTHENTICATED, id="wrong-token"),
+        pytest.param("eve", 403, ErrorCode.FORBIDDEN, id="non-participant"),
+    ],
+)
+async def test_refused_upload_keeps_server_alive(
+    server: RunningServer, people, token: str | None, status: int, code: ErrorCode
+) -> None:
+    """VXS-8-1, VXS-8-2, VXS-10-4, VXS-10-5: refused early, and the server keeps serving.
+
+    The body is far larger than the connection window, so the client is still
+    sending DATA after the refusal: the case that killed hypercorn 0.18.
+    """
+    alice, _, eve, thread = people
+    bearer = eve.token if token == "eve" else token
+    body = upload_body(thread, "m-refused", *(chunk(s) for s in range(3000)))
+    got, frames = await exchange(server.url, bearer, body)
+    assert got == status
+    assert len(frames) == 1 and isinstance(frames[0], Error) and frames[0].code == code
+    await assert_serving(server.url)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get(
+            "/v1/messages/m-refused", headers={"Authorization": f"Bearer {alice.token}"}
+        )
+    assert response.status_code == 404  # nothing was stored
+
+
+async def test_streamed_upload_to_unknown_path_keeps_server_alive(
+    server: RunningServer, people
+) -> None:
+    alice, _, _, thread = people
+    body = upload_body(thread, "m2", *(chunk(s) for s in range(3000)))
+    for _ in range(3):
+        status, _ = await exchange(server.url, alice.token, body, path="/v1/nowhere")
+        assert status == 404
+    await assert_serving(server.url)
+
+
+async def test_unknown_thread(server: RunningServer, people) -> None:
+    alice, *_ = people
+    status, frames = await exchange(server.url, alice.token, upload_body("nope", "m3", chunk(0)))
+    assert status == 404
+    assert isinstance(frames[0], Error) and frames[0].code == ErrorCode.THREAD_NOT_FOUND
+
+
+def oversized() -> bytes:
+    # A byte string head announcing 100,000 bytes: refused from the head alone (VXS-3.2-1).
+    return b"\x5a" + (100_000).to_bytes(4, "big") + bytes(100)
+
+
+@pytest.mark.parametrize(
+    ("tail", "code"),
+    [
+        pytest.param(b"\xff\xff", ErrorCode.MALFORMED_CBOR, id="malformed-cbor"),
+        pytest.param(oversized(), ErrorCode.FRAME_TOO_LARGE, id="oversized"),
+        pytest.param(
+            encode_frame(Chunk(seq=2, ts=1920, packets=(b"RIFF....WAVEfmt ",))),
+            ErrorCode.INVALID_OPUS,
+            id="not-opus",
+        ),
+        pytest.param(encode_frame(chunk(3)), ErrorCode.SEQUENCE_GAP, id="gap"),
+        pytest.param(encode_frame(chunk(1, b"x")), ErrorCode.CHUNK_CONFLICT, id="conflict"),
+        pytest.param(
+            cbor2.dumps({"type": "chunk", "seq": "2"}), ErrorCode.INVALID_FRAME, id="bad-field"
+        ),
+        pytest.param(
+            encode_frame(Open(msg="m4", thread="t", created=1)),
+            ErrorCode.UNEXPECTED_FRAME,
+            id="second-open",
+        ),
+        pytest.param(encode_frame(Close(chunks=5)), ErrorCode.CLOSE_MISMATCH, id="close-mismatch"),
+    ],
+)
+async def test_bad_input_mid_stream(
+    server: RunningServer, people, tail: bytes, code: ErrorCode
+) -> None:
+    """The error frame ends the stream (VXS-5.6-1); chunks 0 and 1 stay stored (VXS-5.6-2)."""
+    alice, _, _, thread = people
+    body = upload_body(thread, "m4", chunk(0), chunk(1)) + tail
+    status, frames = await exchange(server.url, alice.token, body)
+    assert status == 200
+    assert isinstance(frames[-1], Error) and frames[-1].code == code
+    assert frames[-1].name == code.name
+    await assert_serving(server.url)
+    # The message is still live and intact: the talker can resume and finish it.
+    status, frames = await exchange(
+        server.url, alice.token, upload_body(thread, "m4", Close(chunks=2))
+    )
+    assert frames[0] == Opened(msg="m4", next_seq=2, state="live")
+    assert frames[-1] == Closed(msg="m4", chunks=2, duration=1920)
+    assert await stored_packets(server.url, alice, "m4") == [opus(0), opus(1)]
+
+
+async def test_closed_message_refuses_chunks_and_reanswers_close(
+    server: RunningServer, people
+) -> None:
+    """VXS-5.2-5, VXS-5.5-3, VXS-5.5-5."""
+    alice, _, _, thread = people
+    await exchange(server.url, alice.token, upload_body(thread, "m5", chunk(0), Close(chunks=1)))
+    _, frames = await exchange(server.url, alice.token, upload_body(thread, "m5", chunk(1)))
+    assert frames[0] == Opened(msg="m5", next_seq=1, state="closed")
+    assert isinstance(frames[-1], Error) and frames[-1].code == ErrorCode.MESSAGE_CLOSED
+    _, frames = await exchange(server.url, alice.token, upload_body(thread, "m5", Close(chunks=1)))
+    assert frames[-1] == Closed(msg="m5", chunks=1, duration=960)
+    assert await stored_packets(server.url, alice, "m5") == [opus(0)]
+
+
+async def test_message_id_in_another_thread_conflicts(server: RunningServer, people) -> None:
+    """VXS-5.2-3: the same message id cannot move to another thread."""
+    alice, bob, _, thread = people
+    other = await make_thread(server.url, alice)
+    await exchange(server.url, alice.token, upload_body(thread, "m6", chunk(0)))
+    _, frames = await exchange(server.url, alice.token, upload_body(other, "m6", chunk(0)))
+    assert isinstance(frames[-1], Error) and frames[-1].code == ErrorCode.MESSAGE_CONFLICT
+    _, frames = await exchange(server.url, bob.token, upload_body(thread, "m6", chunk(0)))
+    assert isinstance(frames[-1], Error) and frames[-1].code == ErrorCode.MESSAGE_CONFLICT
+
+
+async def test_listen_refusals(server: RunningServer, people) -> None:
+    alice, _, eve, thread = people
+    await exchange(server.url, alice.token, upload_body(thread, "m7", chunk(0), Close(chunks=1)))
+    cases = [
+        (eve.token, "/v1/messages/m7/listen", 403, ErrorCode.FORBIDDEN),
+        (None, "/v1/messages/m7/listen", 401, ErrorCode.UNAUTHENTICATED),
+        (alice.token, "/v1/messages/nope/listen", 404, ErrorCode.MESSAGE_NOT_FOUND),
+        (alice.token, "/v1/messages/m7/listen?from_seq=5", 400, ErrorCode.INVALID_LISTEN),
+        (alice.token, "/v1/messages/m7/listen?speed=99", 400, ErrorCode.INVALID_LISTEN),
+        (alice.token, "/v1/messages/m7/listen?from_seq=1&from_ts=0", 400, ErrorCode.INVALID_LISTEN),
+    ]
+    async with await H2Connection.connect(server.url) as conn:
+        for token, path, status, code in cases:
+            headers = [("authorization", f"Bearer {token}")] if token else []
+            stream = await conn.request("GET", path, headers, end_stream=True)
+            assert await stream.response_status() == status, path
+            frames = decode_all(await stream.read_all())
+            assert len(frames) == 1 and isinstance(frames[0], Error) and frames[0].code == code
+
+
+# -- kill -9 in the middle of an upload ----------------------------------------------
+
+
+async def start_server_process(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voxer_stream", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    with trio.fail_after(30):
+        line = await trio.to_thread.run_sync(process.stdout.readline)
+    match = re.search(r"http://127\.0\.0\.1:\d+", line)
+    assert match, line
+    return process, match.group(0)
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
+    """VXS-5.3-3 and invariant 3: ack means durable, even across SIGKILL.
+
+    The talker streams chunks; the server is killed with SIGKILL in the middle;
+    a new server process on the same data directory has every acked chunk; the
+    talker resumes from the reported position and the message completes with
+    exactly the packets that were sent.
+    """
+    data_dir = tmp_path / "data"
+    process, url = await start_server_process(data_dir)
+    try:
+        alice = await make_user(url, "alice")
+        thread = await make_thread(url, alice)
+        talker = UploadClient(Open(msg="durable", thread=thread, created=1))
+        total = 400
+        headers = [
+            ("content-type", "application/cbor-seq"),
+            ("authorization", f"Bearer {alice.token}"),
+        ]
+        conn = await H2Connection.connect(url)
+        stream = await conn.request("POST", "/v1/upload", headers)
+        await stream.send(talker.start())
+
+        async def read_acks() -> None:
+            while (data := await stream.receive()) is not None:
+                talker.receive_data(data)
+
+        with pytest.raises(Exception):  # noqa: PT011, B017 - whatever the dead socket raises
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_acks)
+                for seq in range(total):
+                    await stream.send(talker.send_chunk(chunk(seq)))
+                    await trio.sleep(0.002)
+                    if seq == 200:
+                        with trio.fail_after(5):
+                            while talker.acked < 150:
+                                await trio.sleep(0.01)
+                        process.send_signal(signal.SIGKILL)
+                        process.wait()
+        with trio.CancelScope(shield=True):
+            await conn.aclose()
+        acked = talker.acked
+        assert acked >= 150
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+    process, url = await start_server_process(data_dir)
+    try:
+        # Every acked chunk is there (VXS-5.3-3) ...
+        assert (await stored_packets(url, alice, "durable"))[: acked + 1] == [
+            opus(s) for s in range(acked + 1)
+        ]
+        # ... and the talker resumes from the server's position (VXS-5.2-2, VXS-5.2-4).
+        async with await H2Connection.connect(url) as conn:
+            stream = await conn.request("POST", "/v1/upload", headers)
+            await stream.send(talker.start())
+            frames: list[Frame] = []
+            while not frames:
+                data = await stream.receive()
+                assert data is not None
+                frames += talker.receive_data(data)
+            opened = frames[0]
+            assert isinstance(opened, Opened) and acked + 1 <= opened.next_seq <= 201
+            await stream.send(talker.resend())
+            for seq in range(talker.next_seq, total):
+                await stream.send(talker.send_chunk(chunk(seq)))
+            await stream.send(talker.close())
+            await stream.end()
+            while (data := await stream.receive()) is not None:
+                talker.receive_data(data)
+        assert talker.closed == Closed(msg="durable", chunks=total, duration=total * 960)
+        assert await stored_packets(url, alice, "durable") == [opus(s) for s in range(total)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
