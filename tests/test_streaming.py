@@ -37,7 +37,7 @@ from voxer_stream.wire import (
     Opened,
     encode_frame,
 )
-from voxer_stream.wire.upload import UploadClient
+from voxer_stream.wire.upload import UploadClient, UploadState
 
 ROOT = Path(__file__).resolve().parent.parent
 CDDL = (ROOT / "proto" / "frames.cddl").read_text(encoding="utf-8")
@@ -174,6 +174,26 @@ async def test_streamed_upload_to_unknown_path_keeps_server_alive(
     await assert_serving(server.url)
 
 
+async def test_listeners_hanging_up_mid_stream_keep_server_alive(
+    server: RunningServer, people
+) -> None:
+    """A listener that closes its connection while chunks are being written must not
+    take the server down (hypercorn's unguarded send_eof raced send_all)."""
+    alice, _, _, thread = people
+    body = upload_body(thread, "m-hangup", *(chunk(s) for s in range(300)), Close(chunks=300))
+    await exchange(server.url, alice.token, body)
+    for _ in range(20):
+        async with await H2Connection.connect(server.url) as conn:
+            stream = await conn.request(
+                "GET",
+                "/v1/messages/m-hangup/listen",
+                [("authorization", f"Bearer {alice.token}")],
+                end_stream=True,
+            )
+            await stream.receive()  # the first DATA, then hang up at once
+    await assert_serving(server.url)
+
+
 async def test_unknown_thread(server: RunningServer, people) -> None:
     alice, *_ = people
     status, frames = await exchange(server.url, alice.token, upload_body("nope", "m3", chunk(0)))
@@ -278,7 +298,7 @@ async def test_listen_refusals(server: RunningServer, people) -> None:
 
 
 async def start_server_process(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - fork+exec only; we read its pipe in a thread
         [sys.executable, "-m", "voxer_stream", "serve", "--port", "0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -316,6 +336,10 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
         conn = await H2Connection.connect(url)
         stream = await conn.request("POST", "/v1/upload", headers)
         await stream.send(talker.start())
+        while talker.state is not UploadState.STREAMING:  # VXS-5.2-6: wait for opened
+            data = await stream.receive()
+            assert data is not None
+            talker.receive_data(data)
 
         async def read_acks() -> None:
             while (data := await stream.receive()) is not None:

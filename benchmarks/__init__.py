@@ -1,0 +1,1 @@
+"""voxer-stream benchmarks: ``python -m benchmarks <scenario>`` (see benchmarks/README.md)."""

@@ -1,0 +1,678 @@
+"""live-latency: one talker, N live listeners over HTTP/2, latency per delivered chunk.
+
+``python -m benchmarks live-latency [--quick] [--duration 20] [--listeners 1 10 100]``
+
+For each N the scenario starts the shipped server as its own process, creates two
+accounts and a thread over REST, then runs the load in separate processes:
+
+* one talker process uploads a live message over ``POST /v1/upload`` (HTTP/2, full
+  duplex, ``H2Connection`` + the ``UploadClient`` state machine): one real Opus
+  packet (20 ms) per chunk, chunk ``seq`` sent at ``t0 + seq * 20 ms``. Open loop:
+  the schedule never waits for the server, so a stall shows up as latency of every
+  chunk behind it (no coordinated omission);
+* listener processes each run many ``GET /v1/messages/{id}/listen?from_seq=0``
+  streams on trio, all joined (``live`` frame received) before the talker starts.
+  A few "recording" listeners (``--record``, 5 by default) get a connection each
+  and timestamp every chunk; the others share HTTP/2 connections, up to
+  ``--streams-per-conn`` (50) streams each. Every listener checks its seq
+  sequence: lost, reordered and duplicated chunks are counted (all must be 0).
+
+Latency = listener receive time - intended send time, both ``time.monotonic_ns()``
+(CLOCK_MONOTONIC is system-wide on Linux, so it compares across processes). The
+first ``--warmup`` seconds are discarded. Server CPU (utime + stime from
+``/proc/<pid>/stat``) is read over the same measured window and divided by the
+deliveries in it (chunks x listeners). Results: ``<out>/live-latency.json`` and
+``<out>/live-latency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import re
+import select
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+FRAME_NS = 20_000_000  # one chunk = one 20 ms Opus packet
+SPIN_S = 0.002
+CBOR_SEQ = "application/cbor-seq"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+URL_RE = re.compile(r"https?://[^\s,]+")
+PACKAGES = ("voxer-stream", "trio", "hypercorn", "h2", "quart-trio", "cbor2", "av", "hdrhistogram")
+
+Conn = multiprocessing.connection.Connection
+
+
+# -- the talker process -------------------------------------------------------
+
+
+@dataclass
+class TalkerResult:
+    chunks: int = 0
+    acked: int = -1
+    closed: bool = False
+    #: How late the talker itself sent each chunk (its own scheduling, not the server).
+    send_lag_us_p50: float = 0.0
+    send_lag_us_p99: float = 0.0
+    send_lag_us_max: float = 0.0
+    worst_lag_seq: int = 0
+    #: monotonic_ns at which each chunk was actually handed to the socket.
+    sent_at: list[int] = field(default_factory=list)
+
+
+def talker_main(
+    url: str, token: str, thread: str, msg: str, packets: list[bytes], pipe: Conn
+) -> None:
+    try:
+        result = trio.run(_talk, url, token, thread, msg, packets, pipe)
+        pipe.send(("done", asdict(result)))
+    except BaseException as exc:
+        pipe.send(("error", f"talker: {exc!r}"))
+        raise
+
+
+async def _talk(
+    url: str, token: str, thread: str, msg: str, packets: list[bytes], pipe: Conn
+) -> TalkerResult:
+    from voxer_stream.client.h2conn import H2Connection
+    from voxer_stream.media.opus import packet_duration
+    from voxer_stream.wire import Chunk, Error, Open
+    from voxer_stream.wire.upload import UploadClient
+
+    result = TalkerResult()
+    client = UploadClient(Open(msg=msg, thread=thread, created=int(time.time() * 1000)))
+    async with await H2Connection.connect(url) as conn:
+        headers = [("content-type", CBOR_SEQ), ("authorization", f"Bearer {token}")]
+        stream = await conn.request("POST", "/v1/upload", headers)
+        await conn.ping()  # HEADERS alone first (see voxer_stream/client/talker.py)
+        await stream.send(client.start())
+        while client.next_seq == 0 and client.state.name == "OPENING":
+            data = await stream.receive()
+            if data is None:
+                raise RuntimeError("upload stream ended before opened")
+            for frame in client.receive_data(data):
+                if isinstance(frame, Error):
+                    raise RuntimeError(f"server error: {frame}")
+        pipe.send(("opened",))
+        _, t0 = await trio.to_thread.run_sync(pipe.recv)
+        closed = trio.Event()
+
+        async def read_acks() -> None:
+            # Read to the end of the response, not just to ``closed``: closing the
+            # connection while hypercorn still flushes the stream's end can crash
+            # the server (BusyResourceError in the trio worker; see README).
+            while (data := await stream.receive()) is not None:
+                for frame in client.receive_data(data):
+                    if isinstance(frame, Error):
+                        raise RuntimeError(f"server error: {frame}")
+            if client.closed is None:
+                raise RuntimeError("upload response ended without closed")
+            closed.set()
+
+        lags: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_acks)
+            ts = 0
+            for seq, packet in enumerate(packets):
+                intended = t0 + seq * FRAME_NS
+                # epoll's timeout is in whole milliseconds, so a plain sleep wakes up to
+                # ~1 ms late: sleep to 2 ms before, then spin (at most ~10% of a core).
+                delay = (intended - time.monotonic_ns()) / 1e9 - SPIN_S
+                if delay > 0:
+                    await trio.sleep(delay)
+                while time.monotonic_ns() < intended:
+                    pass
+                now = time.monotonic_ns()
+                lags.append(now - intended)
+                result.sent_at.append(now)
+                await stream.send(client.send_chunk(Chunk(seq=seq, ts=ts, packets=(packet,))))
+                ts += packet_duration(packet)
+            await stream.send(client.close())
+            await stream.end()
+            with trio.fail_after(30):
+                await closed.wait()
+    worst = max(range(len(lags)), key=lags.__getitem__, default=0)
+    result.worst_lag_seq = worst
+    lags.sort()
+    result.chunks = len(packets)
+    result.acked = client.acked
+    result.closed = client.closed is not None
+    if lags:
+        result.send_lag_us_p50 = lags[len(lags) // 2] / 1000
+        result.send_lag_us_p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] / 1000
+        result.send_lag_us_max = lags[-1] / 1000
+    return result
+
+
+# -- the listener processes ---------------------------------------------------
+
+
+@dataclass
+class ListenerResult:
+    index: int
+    received: int = 0
+    lost: int = 0
+    reordered: int = 0
+    duplicated: int = 0
+    distinct: int = 0
+    ended: bool = False
+    error: str = ""
+    #: (seq, monotonic_ns at receipt) for recording listeners only.
+    arrivals: list[tuple[int, int]] = field(default_factory=list)
+
+
+def listener_main(
+    url: str,
+    token: str,
+    msg: str,
+    indexes: list[int],
+    recording: list[int],
+    streams_per_conn: int,
+    pipe: Conn,
+) -> None:
+    try:
+        results = trio.run(_listen_all, url, token, msg, indexes, recording, streams_per_conn, pipe)
+        pipe.send(("done", [asdict(r) for r in results]))
+    except BaseException as exc:
+        pipe.send(("error", f"listeners: {exc!r}"))
+        raise
+
+
+async def _listen_all(
+    url: str,
+    token: str,
+    msg: str,
+    indexes: list[int],
+    recording: list[int],
+    streams_per_conn: int,
+    pipe: Conn,
+) -> list[ListenerResult]:
+    from voxer_stream.client.h2conn import H2Connection
+
+    results = [ListenerResult(index=i) for i in indexes]
+    ready = trio.Semaphore(0, max_value=len(results))
+    path = f"/v1/messages/{msg}/listen?from_seq=0"
+    headers = [("authorization", f"Bearer {token}")]
+    # Recording listeners get a connection of their own; the rest share.
+    groups: list[list[ListenerResult]] = [[r] for r in results if r.index in recording]
+    shared = [r for r in results if r.index not in recording]
+    for start in range(0, len(shared), streams_per_conn):
+        groups.append(shared[start : start + streams_per_conn])
+    async with contextlib.AsyncExitStack() as stack:
+        conns = []
+        for _group in groups:
+            conns.append(await stack.enter_async_context(await H2Connection.connect(url)))
+        async with trio.open_nursery() as nursery:
+            for conn, group in zip(conns, groups, strict=True):
+                for result in group:
+                    stream = await conn.request("GET", path, headers, end_stream=True)
+                    record = result.index in recording
+                    nursery.start_soon(_listen_one, stream, result, record, ready)
+            with trio.fail_after(60):
+                for _ in results:
+                    await ready.acquire()
+            pipe.send(("ready",))
+    return results
+
+
+async def _listen_one(
+    stream: Any, result: ListenerResult, record: bool, ready: trio.Semaphore
+) -> None:
+    from voxer_stream.wire import Chunk, End, Error, FrameDecoder, Live
+
+    seen: set[int] = set()
+    highest = -1
+    decoder = FrameDecoder()
+    is_ready = False
+    try:
+        status = await stream.response_status()
+        if status != 200:
+            raise RuntimeError(f"listen: HTTP {status}")
+        while (data := await stream.receive()) is not None:
+            now = time.monotonic_ns()
+            decoder.feed(data)
+            for frame in decoder:
+                if isinstance(frame, Chunk):
+                    result.received += 1
+                    if frame.seq in seen:
+                        result.duplicated += 1
+                        continue
+                    if frame.seq < highest:
+                        result.reordered += 1
+                    seen.add(frame.seq)
+                    highest = max(highest, frame.seq)
+                    if record:
+                        result.arrivals.append((frame.seq, now))
+                elif isinstance(frame, Live):
+                    is_ready = True
+                    ready.release()
+                elif isinstance(frame, End):
+                    result.ended = True
+                    result.distinct = len(seen)
+                    result.lost = frame.chunks - len(seen)
+                    return
+                elif isinstance(frame, Error):
+                    raise RuntimeError(f"error frame: {frame}")
+        raise RuntimeError("listen stream ended before its end frame")
+    except Exception as exc:
+        result.error = f"listener {result.index} after {result.received} chunks: {exc!r}"
+        result.distinct = len(seen)
+        if not is_ready:
+            ready.release()
+
+
+# -- the server ---------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """The shipped server as a child process; ``url`` from its first stdout line."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "voxer_stream",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ]
+        self.stderr = open(data_dir.parent / "server.stderr", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        self.url = self._read_url(30.0)
+        assert self.proc.stdout is not None
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain
+
+    def _read_url(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            if not ready:
+                self.stop()
+                raise RuntimeError(f"server printed no URL within {timeout} s: {self.command}")
+            byte = os.read(self.proc.stdout.fileno(), 1)  # unbuffered: select stays right
+            if not byte:
+                self.stop()
+                raise RuntimeError(f"server exited before printing its URL: {self.command}")
+            line += byte
+        match = URL_RE.search(line.decode("utf-8", "replace"))
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"no URL in the server's first line: {line!r}")
+        return match.group(0).rstrip("/")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stderr_tail(self, size: int = 3000) -> str:
+        path = Path(self.stderr.name)
+        return path.read_bytes()[-size:].decode("utf-8", "replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: a clean shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+async def setup_accounts(url: str) -> tuple[str, str, str]:
+    """Two accounts and a thread: (talker token, listener token, thread id)."""
+    from voxer_stream.client.rest import Rest
+
+    suffix = uuid.uuid4().hex[:8]
+    async with Rest(url) as talker, Rest(url) as listener:
+        await talker.register(f"talker{suffix}", "benchmark-password")
+        await listener.register(f"listener{suffix}", "benchmark-password")
+        await talker.login(f"talker{suffix}", "benchmark-password")
+        await listener.login(f"listener{suffix}", "benchmark-password")
+        thread = await talker.create_thread("live-latency", [f"listener{suffix}"])
+        assert talker.token is not None and listener.token is not None
+        return talker.token, listener.token, str(thread["id"])
+
+
+def opus_packets(count: int, workdir: Path) -> list[bytes]:
+    from voxer_stream.media.encode import encode_file, tone_wav
+
+    wav = workdir / "tone.wav"
+    tone_wav(wav, count * 0.02 + 0.1, 440.0)
+    packets = encode_file(wav)
+    if len(packets) < count:
+        raise RuntimeError(f"encoder gave {len(packets)} packets, {count} needed")
+    return packets[:count]
+
+
+# -- one run ------------------------------------------------------------------
+
+
+def _expect(pipe: Conn, kind: str, timeout: float, what: str) -> Any:
+    if not pipe.poll(timeout):
+        raise RuntimeError(f"{what}: no {kind!r} within {timeout} s")
+    message = pipe.recv()
+    if message[0] != kind:
+        raise RuntimeError(f"{what}: {message}")
+    return message[1] if len(message) > 1 else None
+
+
+def listener_processes(n: int, requested: int | None) -> int:
+    if requested:
+        return max(1, min(requested, n))
+    return 1 if n <= 10 else min(4, max(2, (os.cpu_count() or 2)))
+
+
+def run_once(
+    args: argparse.Namespace, n: int, packets: list[bytes], workdir: Path
+) -> dict[str, Any]:
+    from hdrh.histogram import HdrHistogram
+
+    data_dir = workdir / f"data-{n}"
+    data_dir.mkdir()
+    server = Server(data_dir)
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    finished = False
+    try:
+        talk_token, listen_token, thread = trio.run(setup_accounts, server.url)
+        msg = f"bench-{uuid.uuid4().hex[:16]}"
+        talker_pipe, child = ctx.Pipe()
+        talker = ctx.Process(
+            target=talker_main, args=(server.url, talk_token, thread, msg, packets, child)
+        )
+        talker.start()
+        procs.append(talker)
+        _expect(talker_pipe, "opened", 30, "talker")
+
+        nprocs = listener_processes(n, args.listener_procs)
+        recording = list(range(min(args.record, n)))
+        listener_pipes = []
+        for p in range(nprocs):
+            indexes = [i for i in range(n) if i % nprocs == p]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=listener_main,
+                args=(
+                    server.url,
+                    listen_token,
+                    msg,
+                    indexes,
+                    recording,
+                    args.streams_per_conn,
+                    child,
+                ),
+            )
+            proc.start()
+            procs.append(proc)
+            listener_pipes.append(parent)
+        for pipe in listener_pipes:
+            _expect(pipe, "ready", 60, "listeners")
+
+        t0 = time.monotonic_ns() + 300_000_000
+        talker_pipe.send(("go", t0))
+        warm_end = t0 + int(args.warmup * 1e9)
+        window_end = t0 + len(packets) * FRAME_NS
+        time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
+        cpu_start = server.cpu_seconds()
+        clients_start = sum(cpu_seconds(proc.pid) for proc in procs)
+        time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
+        cpu_end = server.cpu_seconds()
+        clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs) - clients_start
+
+        timeout = 60 + len(packets) * 0.02
+        talker_result = _expect(talker_pipe, "done", timeout, "talker")
+        listeners: list[dict[str, Any]] = []
+        for pipe in listener_pipes:
+            listeners.extend(_expect(pipe, "done", timeout, "listeners"))
+        finished = True
+    finally:
+        for proc in procs:
+            proc.join(10 if finished else 0.1)
+            if proc.is_alive():
+                proc.kill()
+        server.stop()
+
+    histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds, up to 60 s
+    from_send = HdrHistogram(1, 60_000_000, 3)
+    sent_at = talker_result["sent_at"]
+    first_measured = math.ceil((warm_end - t0) / FRAME_NS)
+    for listener in listeners:
+        for seq, arrived in listener["arrivals"]:
+            if seq >= first_measured:
+                latency_us = (arrived - (t0 + seq * FRAME_NS)) / 1000
+                histogram.record_value(max(1, round(latency_us)))
+                from_send.record_value(max(1, round((arrived - sent_at[seq]) / 1000)))
+    measured_chunks = len(packets) - first_measured
+    deliveries = measured_chunks * n
+    cpu = cpu_end - cpu_start
+    errors = [x["error"] for x in listeners if x["error"]]
+    shared = n - len(recording)
+    connections = (
+        len(recording)
+        + sum(
+            math.ceil(
+                len([i for i in range(n) if i % nprocs == p and i not in recording])
+                / args.streams_per_conn
+            )
+            for p in range(nprocs)
+        )
+        if shared
+        else len(recording)
+    )
+
+    def ms(value: float) -> float:
+        return round(value / 1000, 3)
+
+    return {
+        "listeners": n,
+        "listener_processes": nprocs,
+        "connections": connections,
+        "recording_listeners": len(recording),
+        "chunks_sent": talker_result["chunks"],
+        "measured_chunks": measured_chunks,
+        "deliveries_expected": n * len(packets),
+        "deliveries_received": sum(x["received"] for x in listeners),
+        # A listener cut before its end frame lost whatever it did not get.
+        "lost": sum(x["lost"] if x["ended"] else len(packets) - x["distinct"] for x in listeners)
+        + (n - len(listeners)) * len(packets),
+        "reordered": sum(x["reordered"] for x in listeners),
+        "duplicated": sum(x["duplicated"] for x in listeners),
+        "ended": sum(1 for x in listeners if x["ended"]),
+        "errors": errors[:5],
+        "samples": histogram.get_total_count(),
+        "latency_ms": {
+            "p50": ms(histogram.get_value_at_percentile(50)),
+            "p90": ms(histogram.get_value_at_percentile(90)),
+            "p99": ms(histogram.get_value_at_percentile(99)),
+            "p99_9": ms(histogram.get_value_at_percentile(99.9)),
+            "max": ms(histogram.get_max_value()),
+            "mean": ms(histogram.get_mean_value()),
+        },
+        # Secondary: from the talker's actual send (excludes its own scheduling lag).
+        "latency_from_send_ms": {
+            "p50": ms(from_send.get_value_at_percentile(50)),
+            "p99": ms(from_send.get_value_at_percentile(99)),
+            "p99_9": ms(from_send.get_value_at_percentile(99.9)),
+            "max": ms(from_send.get_max_value()),
+        },
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_us_per_delivery": round(cpu / deliveries * 1e6, 2) if deliveries else None,
+        "server_cpu_us_per_chunk": round(cpu / measured_chunks * 1e6, 1),
+        "server_cpu_share": round(cpu / ((window_end - warm_end) / 1e9), 3),
+        "clients_cpu_share": round(clients_cpu / ((window_end - warm_end) / 1e9), 3),
+        "talker_send_lag_us": {
+            "p50": talker_result["send_lag_us_p50"],
+            "p99": talker_result["send_lag_us_p99"],
+            "max": talker_result["send_lag_us_max"],
+            "worst_seq": talker_result["worst_lag_seq"],
+        },
+        "talker_closed": talker_result["closed"],
+        "server_exit": server.proc.returncode,
+        "server_stderr_tail": server.stderr_tail() if errors else "",
+        "server_command": shlex.join(["python", *server.command[1:-1], "TMP"]),
+    }
+
+
+# -- report -------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    packages: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": packages,
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["listeners"] for r in results]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label in (("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9"), ("max", "max")):
+        ax.plot(ns, [r["latency_ms"][key] for r in results], marker="o", label=label)
+    ax.plot(
+        [100], [31], marker="x", linestyle="", color="black", label="stock hypercorn p99 (notes)"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("live listeners (HTTP/2)")
+    ax.set_ylabel("latency, intended send to receipt (ms)")
+    ax.set_title("voxer-stream live latency, 20 ms Opus chunks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| N | p50 ms | p99 ms | p99.9 ms | max ms | samples | lost/reord/dup | CPU us/delivery |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['listeners']} | {lat['p50']} | {lat['p99']} | {lat['p99_9']} | {lat['max']} "
+            f"| {r['samples']} | {r['lost']}/{r['reordered']}/{r['duplicated']} "
+            f"| {r['server_cpu_us_per_delivery']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks live-latency", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 s runs, N = 1 and 10 only")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run (20)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds discarded (1)")
+    parser.add_argument("--listeners", type=int, nargs="+", default=None, help="N (1 10 100)")
+    parser.add_argument("--record", type=int, default=5, help="recording listeners per run")
+    parser.add_argument("--streams-per-conn", type=int, default=50)
+    parser.add_argument("--listener-procs", type=int, default=None, help="default: by N")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 20.0
+    if args.listeners is None:
+        args.listeners = [1, 10] if args.quick else [1, 10, 100]
+    if args.duration <= args.warmup:
+        parser.error("--duration must be longer than --warmup")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    command = shlex.join([Path(sys.executable).name, "-m", "benchmarks", "live-latency", *argv])
+    count = round(args.duration / 0.02)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="voxer-bench-") as tmp:
+        workdir = Path(tmp)
+        packets = opus_packets(count, workdir)
+        for n in args.listeners:
+            result = run_once(args, n, packets, workdir)
+            results.append(result)
+            lat = result["latency_ms"]
+            print(
+                f"N={n:<4} p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p99_9']} ms"
+                f"  max {lat['max']} ms  samples {result['samples']}  lost {result['lost']}"
+                f"  cpu {result['server_cpu_us_per_delivery']} us/delivery",
+                flush=True,
+            )
+    report = {
+        "scenario": "live-latency",
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "config": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "chunk_ms": 20,
+            "packets_per_chunk": 1,
+            "opus_bytes_mean": round(sum(map(len, packets)) / len(packets), 1),
+            "recording_listeners": args.record,
+            "streams_per_connection": args.streams_per_conn,
+            "server": results[0]["server_command"] if results else "",
+            "transport": "HTTP/2 cleartext (h2c prior knowledge), TCP_NODELAY on clients",
+        },
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "live-latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.out / "live-latency.png")
+    print(table(results))
+    print(f"wrote {args.out / 'live-latency.json'} and {args.out / 'live-latency.png'}")
+    return 0

@@ -1,0 +1,7 @@
+"""``python -m voxer_stream``: the ``voxer-stream`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The service: accounts, sessions, threads and the authorization rule."""

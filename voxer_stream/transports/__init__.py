@@ -1,0 +1,1 @@
+"""Transports: the ASGI app (REST + HTTP/2 streams + WebSocket) and the server runner."""
