@@ -103,6 +103,7 @@ class H2Stream:
         self._ended = False  # END_STREAM (or an error) has been taken by receive
         self._error: BaseException | None = None
         self._local_closed = False
+        self._remote_ended = False  # the server sent END_STREAM
 
     # -- events from the connection ------------------------------------------
 
@@ -123,6 +124,12 @@ class H2Stream:
         while view:
             if self._error is not None:
                 raise self._error
+            state = conn._h2.streams.get(self.stream_id)
+            if state is None or state.closed:
+                # h2 keeps a closed stream around for a while and reports a window of
+                # 0 for it: waiting for window there would wait forever. The server
+                # answered and reset the stream (RFC 9113 8.1), or it was cut.
+                raise self._error or StreamReset(self.stream_id, 0)
             try:
                 window = conn._h2.local_flow_control_window(self.stream_id)
             except h2.exceptions.StreamClosedError:
@@ -149,6 +156,8 @@ class H2Stream:
         try:
             self._conn._h2.end_stream(self.stream_id)
         except h2.exceptions.StreamClosedError:
+            if self._remote_ended:
+                return  # RST_STREAM(NO_ERROR) after a complete response (RFC 9113 8.1)
             raise StreamReset(self.stream_id, 0) from None
         await self._conn._flush()
 
@@ -447,6 +456,7 @@ class H2Connection:
                 self._h2.acknowledge_received_data(flow, event.stream_id or 0)
         elif isinstance(event, h2.events.StreamEnded):
             if stream is not None:
+                stream._remote_ended = True
                 stream._put(None)
                 self._streams.pop(stream.stream_id, None)
         elif isinstance(event, h2.events.StreamReset):

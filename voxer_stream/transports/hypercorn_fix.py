@@ -35,10 +35,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import trio
+from h2.stream import StreamState
 from hypercorn.events import Closed, Event
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.task_group import TaskGroup
@@ -50,27 +52,65 @@ _INSTALLED = "_voxer_stream_fix"
 Handler = Callable[[Any, list[h2.events.Event]], Awaitable[None]]
 
 
+def _drop_data(
+    connection: h2.connection.H2Connection, event: h2.events.DataReceived, *, resetting: bool
+) -> None:
+    """Give back the flow-control credit of DATA nobody will read; reset if the response
+    is complete. While it is still being written (hypercorn's send task has yet to send
+    END_STREAM), RST_STREAM would cut it short (RFC 9113 8.1 wants a complete response
+    first), so the credit is returned at once with explicit WINDOW_UPDATEs instead: h2's
+    own acknowledgement may wait for more data that a client out of window never sends.
+    """
+    stream_id, length = event.stream_id, event.flow_controlled_length
+    if resetting:
+        connection.acknowledge_received_data(length, stream_id)
+        # StreamClosedError: already reset by us or by the client.
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            connection.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+    elif length > 0:
+        connection.increment_flow_control_window(length)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            connection.increment_flow_control_window(length, stream_id=stream_id)
+
+
 def _drop_orphan_data(original: Handler) -> Handler:
     async def handle_events(self: Any, events: list[h2.events.Event]) -> None:
         # Events are handled one by one: whether a stream exists must be judged
         # after the events before it (a HEADERS in the same read creates it).
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
-                self.connection.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id
+                _drop_data(
+                    self.connection, event, resetting=event.stream_id not in self.stream_buffers
                 )
-                # While the response is still being written (its buffer exists), only
-                # drop the data: RST_STREAM must follow a *complete* response (8.1).
-                if event.stream_id not in self.stream_buffers:
-                    # StreamClosedError: already reset by us or by the client.
-                    with contextlib.suppress(h2.exceptions.StreamClosedError):
-                        self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                 await self._flush()
             else:
                 await original(self, [event])
 
     setattr(handle_events, _INSTALLED, True)
     return handle_events
+
+
+SendData = Callable[[Any, int], Awaitable[None]]
+
+
+def _reset_after_complete_response(original: SendData) -> SendData:
+    """Once END_STREAM of a response is out while its request is still open, send
+    RST_STREAM(NO_ERROR) (RFC 9113 section 8.1): the client stops sending a body nobody
+    will read. Without it a client that ran out of window waits forever, since a
+    finished stream gets no more WINDOW_UPDATEs from anyone."""
+
+    async def send_data(self: Any, stream_id: int) -> None:
+        await original(self, stream_id)
+        if stream_id in self.stream_buffers:
+            return  # the response is still being written
+        stream = self.connection.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            await self._flush()
+
+    setattr(send_data, _INSTALLED, True)
+    return send_data
 
 
 Send = Callable[[Any, Event], Awaitable[None]]
@@ -148,6 +188,10 @@ def install() -> None:
     current = H2Protocol._handle_events
     if not getattr(current, _INSTALLED, False):
         H2Protocol._handle_events = _drop_orphan_data(current)  # type: ignore[method-assign,assignment]
+    if not getattr(H2Protocol._send_data, _INSTALLED, False):
+        H2Protocol._send_data = _reset_after_complete_response(  # type: ignore[method-assign,assignment]
+            H2Protocol._send_data
+        )
     if not getattr(TaskGroup.spawn_app, _INSTALLED, False):
         TaskGroup.spawn_app = _spawn_app_closing_queue  # type: ignore[method-assign]
     send = TCPServer.protocol_send
