@@ -398,3 +398,96 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
         process.wait(timeout=10)
         if process.stdout:
             process.stdout.close()
+
+
+# -- a listener that stops reading, over real HTTP/2 flow control ---------------------
+
+
+async def read_frames(stream: object) -> list[Frame]:
+    from voxer_stream.client.h2conn import H2Stream
+
+    assert isinstance(stream, H2Stream)
+    return decode_all(await stream.read_all())
+
+
+async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
+    server: RunningServer, people
+) -> None:
+    """VXS-6.5-1, VXS-6.5-2 over sockets: a listener whose HTTP/2 window is full (it
+    stopped reading) delays neither the talker's acks nor another listener; when it
+    reads again it gets every chunk once, in order, then the end."""
+    alice, bob, _, thread = people
+    auth = [("authorization", f"Bearer {bob.token}")]
+    total = 500
+
+    def big(seq: int) -> Chunk:
+        # 500 chunks of ~450 bytes: far more than the 1 KiB window plus hypercorn's
+        # 32 KiB stream buffer, so the server's sender for this listener really blocks.
+        return chunk(seq, salt=bytes(400))
+
+    with trio.fail_after(30):
+        # The stalled listener: a 1 KiB window it never reopens until the end.
+        stalled_conn = await H2Connection.connect(server.url, window=1024)
+        healthy_conn = await H2Connection.connect(server.url)
+        try:
+            # Join before the message exists? Not possible: listen needs the message,
+            # so open it with its first chunk, then join both listeners from seq 0.
+            talker_conn = await H2Connection.connect(server.url)
+            upload = await talker_conn.request(
+                "POST",
+                "/v1/upload",
+                [
+                    ("content-type", "application/cbor-seq"),
+                    ("authorization", f"Bearer {alice.token}"),
+                ],
+            )
+            talker = UploadClient(Open(msg="m-stall", thread=thread, created=1))
+            await upload.send(talker.start())
+            while talker.state is not UploadState.STREAMING:
+                data = await upload.receive()
+                assert data is not None
+                talker.receive_data(data)
+            await upload.send(talker.send_chunk(big(0)))
+            while talker.acked < 0:
+                data = await upload.receive()
+                assert data is not None
+                talker.receive_data(data)
+            stalled = await stalled_conn.request(
+                "GET", "/v1/messages/m-stall/listen", auth, end_stream=True
+            )
+            healthy = await healthy_conn.request(
+                "GET", "/v1/messages/m-stall/listen", auth, end_stream=True
+            )
+            assert await stalled.response_status() == 200
+            healthy_frames: list[Frame] = []
+
+            async def read_healthy() -> None:
+                healthy_frames.extend(await read_frames(healthy))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_healthy)
+                for seq in range(1, total):
+                    await upload.send(talker.send_chunk(big(seq)))
+                # every chunk is acked although one listener reads nothing
+                while talker.acked < total - 1:
+                    data = await upload.receive()
+                    assert data is not None
+                    talker.receive_data(data)
+                await upload.send(talker.close())
+                await upload.end()
+                while (data := await upload.receive()) is not None:
+                    talker.receive_data(data)
+                assert talker.closed == Closed(msg="m-stall", chunks=total, duration=total * 960)
+            # the healthy listener already has everything, then the end
+            assert [f.seq for f in healthy_frames if isinstance(f, Chunk)] == list(range(total))
+            # the stalled one reads now: everything it missed, once, in order, then the end
+            stalled_frames = await read_frames(stalled)
+            assert [f.seq for f in stalled_frames if isinstance(f, Chunk)] == list(range(total))
+            assert stalled_frames[-1] == healthy_frames[-1]
+            assert all(
+                f.packets == big(f.seq).packets for f in stalled_frames if isinstance(f, Chunk)
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                for conn in (stalled_conn, healthy_conn, talker_conn):
+                    await conn.aclose()

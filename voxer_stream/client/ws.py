@@ -24,7 +24,7 @@ from .h2conn import ConnectionLost, ServerError
 from .listener import ListenInterrupted, ListenResult, collect_frames
 from .talker import AckCallback, Opener, UploadChannel, run_upload
 
-__all__ = ["SUBPROTOCOL", "ws_collect", "ws_listen", "ws_talk", "ws_url"]
+__all__ = ["SUBPROTOCOL", "open_ws", "ws_collect", "ws_listen", "ws_talk", "ws_url"]
 
 SUBPROTOCOL: Final = "voxer-stream.v1"
 
@@ -37,13 +37,17 @@ def ws_url(url: str) -> str:
 
 
 @asynccontextmanager
-async def _connect(url: str, token: str, ssl_context: SSLContext | None) -> AsyncIterator[Any]:
+async def open_ws(
+    url: str, token: str | None, ssl_context: SSLContext | None = None
+) -> AsyncIterator[Any]:
+    """A trio-websocket connection to ``/v1/ws``; sends the ``auth`` frame if ``token``."""
     ws: Any = None
     try:
         async with open_websocket_url(
             ws_url(url), ssl_context=ssl_context, subprotocols=[SUBPROTOCOL]
         ) as ws:
-            await ws.send_message(encode_frame(Auth(token=token)))
+            if token is not None:
+                await ws.send_message(encode_frame(Auth(token=token)))
             yield ws
     except (HandshakeError, OSError) as exc:
         raise ConnectionLost(f"WebSocket connection to {url} failed: {exc}") from exc
@@ -92,7 +96,7 @@ async def ws_talk(
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[UploadChannel]:
-        async with _connect(url, token, ssl_context) as ws:
+        async with open_ws(url, token, ssl_context) as ws:
             yield _WsUploadChannel(ws)
 
     open_: Opener = opener
@@ -103,7 +107,7 @@ async def ws_listen(
     url: str, token: str, request: Listen, *, ssl_context: SSLContext | None = None
 ) -> AsyncIterator[Frame]:
     """``listener.listen`` over WebSocket."""
-    async with _connect(url, token, ssl_context) as ws:
+    async with open_ws(url, token, ssl_context) as ws:
         await ws.send_message(encode_frame(request))
         checker = ListenChecker()
         while True:
