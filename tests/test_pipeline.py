@@ -32,6 +32,7 @@ from voxer_stream.wire import (
     ErrorCode,
     Frame,
     Listen,
+    Live,
     Open,
     ProtocolError,
     decode_frame,
@@ -432,4 +433,128 @@ async def test_resent_identical_chunk_is_harmless(tmp_path: Path) -> None:
                 chunks=2,
                 duration=2 * FRAME,
             )
+            nursery.cancel_scope.cancel()
+
+
+async def closed_message(store: SQLiteStore, hub: Hub, nursery: trio.Nursery, count: int) -> None:
+    talker = Talker(Harness(hub, nursery))
+    await talker.connect()
+    for seq in range(count):
+        await talker.chunk(opus_chunk(seq))
+    await talker.close()
+
+
+async def timed_listen(hub: Hub, request: Listen) -> tuple[float, MemorySink]:
+    sink = MemorySink()
+    start = trio.current_time()
+    with trio.fail_after(10):
+        await ListenSession(hub, request, allow, sink).run()
+    return trio.current_time() - start, sink
+
+
+async def test_speed_paces_stored_chunks(tmp_path: Path) -> None:
+    """VXS-6.4-1: at speed s a chunk is not sent before (ts - ts_first) / s; speed 0 is
+    as fast as possible. 50 chunks are 1 s of audio; the last is due at 0.98 s / s."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            await closed_message(store, hub, nursery, 50)
+            fast, sink = await timed_listen(hub, Listen(msg=OPEN.msg))
+            assert received_seqs(sink.frames) == list(range(50))
+            double, sink = await timed_listen(hub, Listen(msg=OPEN.msg, speed=2.0))
+            assert received_seqs(sink.frames) == list(range(50))
+            assert double >= 0.98 / 2
+            real, _ = await timed_listen(hub, Listen(msg=OPEN.msg, from_seq=25, speed=1.0))
+            assert real >= 24 * 0.02
+            assert fast < double  # nothing holds an as-fast-as-possible listener back
+            nursery.cancel_scope.cancel()
+
+
+async def test_catch_up_at_speed_then_live(tmp_path: Path) -> None:
+    """Play faster until caught up, then live (FEATURES: catch up to live): a listener
+    joining a live message 0.5 s in at 2x goes live, then gets the rest as it comes."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            harness = Harness(hub, nursery)
+            talker = Talker(harness)
+            await talker.connect()
+            sink = MemorySink()
+            for seq in range(75):  # 1.5 s of audio in real time
+                if seq == 25:
+                    await harness.listen(Listen(msg=OPEN.msg, speed=2.0), sink)
+                await talker.chunk(opus_chunk(seq))
+                await trio.sleep(0.02)
+            await talker.close()
+            await wait_until(lambda: bool(sink.frames) and isinstance(sink.frames[-1], End))
+            assert received_seqs(sink.frames) == list(range(75))
+            live = [f for f in sink.frames if isinstance(f, Live)]
+            assert len(live) == 1 and 25 < live[0].seq < 75
+            nursery.cancel_scope.cancel()
+
+
+async def test_second_open_supersedes_the_first_upload(tmp_path: Path) -> None:
+    """VXS-5.7-1: a talker that reconnects while its old connection still hangs takes over."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            first = Talker(Harness(hub, nursery))
+            await first.connect()
+            await first.chunk(opus_chunk(0))
+            second = Talker(Harness(hub, nursery), client=first.client)
+            await second.connect()
+            await wait_until(lambda: first.sink.error is not None)
+            assert first.sink.error is not None
+            assert first.sink.error.code == ErrorCode.SUPERSEDED
+            await second.chunk(opus_chunk(1))
+            await second.close()
+            assert second.client.closed is not None and second.client.closed.chunks == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_idle_upload_times_out_and_stays_resumable(tmp_path: Path) -> None:
+    """VXS-5.7-2: no frame for the idle timeout ends the stream; the message stays live."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery)
+            sink = MemorySink()
+
+            async def source() -> AsyncIterator[bytes]:
+                yield encode_frame(OPEN) + encode_frame(opus_chunk(0))
+                await trio.sleep_forever()
+
+            session = UploadSession(hub, TALKER, allow, sink, idle_timeout=0.2)
+            with trio.fail_after(5):
+                await session.run(source())
+            assert sink.error is not None and sink.error.code == ErrorCode.IDLE_TIMEOUT
+            record = await store.get_message(OPEN.msg)
+            assert record is not None and record.state == "live"
+            nursery.cancel_scope.cancel()
+
+
+async def test_abandoned_live_message_is_closed(tmp_path: Path) -> None:
+    """VXS-5.7-3: no talker for ``abandon_after``: the server closes the message with the
+    chunks it has, and a listener waiting at the live edge gets its end."""
+    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            hub = Hub(store, nursery, abandon_after=0.5)
+            nursery.start_soon(hub.run_abandon_watchdog)
+            harness = Harness(hub, nursery)
+            talker = Talker(harness)
+            await talker.connect()
+            for seq in range(3):
+                await talker.chunk(opus_chunk(seq))
+            listener = MemorySink()
+            await harness.listen(Listen(msg=OPEN.msg, live_edge=True), listener)
+            await wait_until(lambda: talker.absorb() or talker.client.acked == 2)
+            talker.drop()
+            await wait_until(lambda: bool(listener.frames) and isinstance(listener.frames[-1], End))
+            assert listener.frames[-1] == End(chunks=3, duration=3 * FRAME)
+            record = await store.get_message(OPEN.msg)
+            assert record is not None and (record.state, record.chunks) == ("closed", 3)
             nursery.cancel_scope.cancel()

@@ -106,8 +106,11 @@ class LiveMessage:
         while self.durable < count and self.store_failure is None:
             await self._changed.wait()
 
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change. Take it *before* an await whose outcome you then
+        check, so that a change during that await is not missed."""
+        return self._changed
 
     def mark_closed(self) -> None:
         self.closed = True

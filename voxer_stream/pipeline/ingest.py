@@ -237,10 +237,11 @@ class UploadSession:
 
     async def _ack_loop(self, live: LiveMessage) -> None:
         while True:
+            changed = live.changed  # before the send: a commit during it must wake us
             await self._send_ack(live)
             if live.store_failure is not None:
                 raise ProtocolError(ErrorCode.INTERNAL_ERROR, "storage failed; resume later")
-            await live.wait_changed()
+            await changed.wait()
 
     def _detach(self) -> None:
         live = self.live
