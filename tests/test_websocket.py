@@ -165,6 +165,7 @@ async def test_listener_may_not_send_more_frames(server: RunningServer, stored) 
             [("content-type", "application/cbor-seq"), ("authorization", f"Bearer {alice.token}")],
         )
         await upload.send(upload_body(thread, "w2", chunk(0)))
+        assert await upload.receive()  # opened: the message exists
         async with open_ws(server.url, alice.token) as ws:
             await ws.send_message(encode_frame(Listen(msg="w2", live_edge=True)))
             assert isinstance(decode_frame(await ws.get_message()), MessageInfo)
