@@ -19,31 +19,15 @@ import pytest
 import trio
 from conftest import make_thread, make_user
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_streaming import SCHEMA, chunk, opus, stored_packets
+from test_pipeline import ACTIONS
+from test_streaming import SCHEMA, RawTalker, chunk, opus, stored_packets
 
 from voxer_stream.client.h2conn import H2Connection, H2Stream
 from voxer_stream.transports.server import ServerConfig, run_server
 from voxer_stream.wire import Chunk, End, Frame, FrameDecoder, MessageInfo, Open, encode_frame
-from voxer_stream.wire.upload import UploadClient, UploadState
+from voxer_stream.wire.upload import UploadClient
 
 FRAME = 960
-
-ACTIONS = st.lists(
-    st.one_of(
-        st.just(("chunk",)),
-        st.just(("chunk",)),
-        st.just(("chunk",)),
-        st.tuples(
-            st.just("join"), st.sampled_from(["start", "seq", "ts", "edge"]), st.integers(0, 30)
-        ),
-        st.tuples(st.just("stall"), st.integers(0, 3)),
-        st.tuples(st.just("resume"), st.integers(0, 3)),
-        st.tuples(st.just("reconnect"), st.integers(0, 3)),
-        st.just(("drop",)),
-    ),
-    max_size=40,
-)
 
 
 @dataclass
@@ -104,21 +88,8 @@ class Scenario:
 
     async def talker_connect(self) -> None:
         self.talker_conn = await H2Connection.connect(self.url)
-        self.upload = await self.talker_conn.request(
-            "POST",
-            "/v1/upload",
-            [
-                ("content-type", "application/cbor-seq"),
-                ("authorization", f"Bearer {self.talker_token}"),
-            ],
-        )
-        await self.upload.send(self.client.start())
-        while self.client.state is not UploadState.STREAMING:
-            data = await self.upload.receive()
-            assert data is not None
-            self.client.receive_data(data)
-        if resend := self.client.resend():
-            await self.upload.send(resend)
+        talker = await RawTalker.open(self.talker_conn, self.talker_token, self.client)
+        self.upload = talker.stream
 
     async def talker_drop(self) -> None:
         assert self.talker_conn is not None

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cbor2
@@ -23,7 +24,7 @@ import pytest
 import trio
 from conftest import RunningServer, User, make_thread, make_user
 
-from voxer_stream.client.h2conn import H2Connection, StreamReset
+from voxer_stream.client.h2conn import H2Connection, H2Stream, StreamReset
 from voxer_stream.wire import (
     Ack,
     Chunk,
@@ -113,6 +114,44 @@ async def people(server: RunningServer) -> tuple[User, User, User, str]:
     eve = await make_user(server.url, "eve")
     thread = await make_thread(server.url, alice, bob)
     return alice, bob, eve, thread
+
+
+class RawTalker:
+    """A talker driven step by step on one HTTP/2 upload stream (UploadClient inside)."""
+
+    def __init__(self, stream: H2Stream, client: UploadClient) -> None:
+        self.stream = stream
+        self.client = client
+
+    @classmethod
+    async def open(cls, conn: H2Connection, token: str, upload: Open | UploadClient) -> RawTalker:
+        """Start (or resume, given the talker's ``UploadClient``) an upload, wait for
+        ``opened`` (VXS-5.2-6) and re-send what the server does not have (VXS-5.2-4)."""
+        client = upload if isinstance(upload, UploadClient) else UploadClient(upload)
+        headers = [("content-type", "application/cbor-seq"), ("authorization", f"Bearer {token}")]
+        talker = cls(await conn.request("POST", "/v1/upload", headers), client)
+        await talker.stream.send(talker.client.start())
+        await talker.read_until(lambda: talker.client.state is UploadState.STREAMING)
+        if resend := talker.client.resend():
+            await talker.stream.send(resend)
+        return talker
+
+    async def read_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            data = await self.stream.receive()
+            assert data is not None, "the server ended the upload response"
+            self.client.receive_data(data)
+
+    async def chunk(self, chunk: Chunk) -> None:
+        await self.stream.send(self.client.send_chunk(chunk))
+
+    async def close(self) -> Closed:
+        await self.stream.send(self.client.close())
+        await self.stream.end()
+        while (data := await self.stream.receive()) is not None:
+            self.client.receive_data(data)
+        assert self.client.closed is not None
+        return self.client.closed
 
 
 def upload_body(thread: str, msg: str, *frames: Frame) -> bytes:
@@ -327,19 +366,10 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
     try:
         alice = await make_user(url, "alice")
         thread = await make_thread(url, alice)
-        talker = UploadClient(Open(msg="durable", thread=thread, created=1))
-        total = 400
-        headers = [
-            ("content-type", "application/cbor-seq"),
-            ("authorization", f"Bearer {alice.token}"),
-        ]
         conn = await H2Connection.connect(url)
-        stream = await conn.request("POST", "/v1/upload", headers)
-        await stream.send(talker.start())
-        while talker.state is not UploadState.STREAMING:  # VXS-5.2-6: wait for opened
-            data = await stream.receive()
-            assert data is not None
-            talker.receive_data(data)
+        raw = await RawTalker.open(conn, alice.token, Open(msg="durable", thread=thread, created=1))
+        talker, stream = raw.client, raw.stream
+        total = 400
 
         async def read_acks() -> None:
             while (data := await stream.receive()) is not None:
@@ -375,22 +405,12 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
         ]
         # ... and the talker resumes from the server's position (VXS-5.2-2, VXS-5.2-4).
         async with await H2Connection.connect(url) as conn:
-            stream = await conn.request("POST", "/v1/upload", headers)
-            await stream.send(talker.start())
-            frames: list[Frame] = []
-            while not frames:
-                data = await stream.receive()
-                assert data is not None
-                frames += talker.receive_data(data)
-            opened = frames[0]
-            assert isinstance(opened, Opened) and acked + 1 <= opened.next_seq <= 201
-            await stream.send(talker.resend())
+            resumed = await RawTalker.open(conn, alice.token, talker)
+            # opened.next_seq covers every chunk acked before the kill and none never sent
+            assert acked <= talker.acked <= 200
             for seq in range(talker.next_seq, total):
-                await stream.send(talker.send_chunk(chunk(seq)))
-            await stream.send(talker.close())
-            await stream.end()
-            while (data := await stream.receive()) is not None:
-                talker.receive_data(data)
+                await resumed.chunk(chunk(seq))
+            await resumed.close()
         assert talker.closed == Closed(msg="durable", chunks=total, duration=total * 960)
         assert await stored_packets(url, alice, "durable") == [opus(s) for s in range(total)]
     finally:
@@ -403,10 +423,7 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
 # -- a listener that stops reading, over real HTTP/2 flow control ---------------------
 
 
-async def read_frames(stream: object) -> list[Frame]:
-    from voxer_stream.client.h2conn import H2Stream
-
-    assert isinstance(stream, H2Stream)
+async def read_frames(stream: H2Stream) -> list[Frame]:
     return decode_all(await stream.read_all())
 
 
@@ -433,25 +450,11 @@ async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
             # Join before the message exists? Not possible: listen needs the message,
             # so open it with its first chunk, then join both listeners from seq 0.
             talker_conn = await H2Connection.connect(server.url)
-            upload = await talker_conn.request(
-                "POST",
-                "/v1/upload",
-                [
-                    ("content-type", "application/cbor-seq"),
-                    ("authorization", f"Bearer {alice.token}"),
-                ],
+            talker = await RawTalker.open(
+                talker_conn, alice.token, Open(msg="m-stall", thread=thread, created=1)
             )
-            talker = UploadClient(Open(msg="m-stall", thread=thread, created=1))
-            await upload.send(talker.start())
-            while talker.state is not UploadState.STREAMING:
-                data = await upload.receive()
-                assert data is not None
-                talker.receive_data(data)
-            await upload.send(talker.send_chunk(big(0)))
-            while talker.acked < 0:
-                data = await upload.receive()
-                assert data is not None
-                talker.receive_data(data)
+            await talker.chunk(big(0))
+            await talker.read_until(lambda: talker.client.acked >= 0)
             stalled = await stalled_conn.request(
                 "GET", "/v1/messages/m-stall/listen", auth, end_stream=True
             )
@@ -467,17 +470,11 @@ async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_healthy)
                 for seq in range(1, total):
-                    await upload.send(talker.send_chunk(big(seq)))
+                    await talker.chunk(big(seq))
                 # every chunk is acked although one listener reads nothing
-                while talker.acked < total - 1:
-                    data = await upload.receive()
-                    assert data is not None
-                    talker.receive_data(data)
-                await upload.send(talker.close())
-                await upload.end()
-                while (data := await upload.receive()) is not None:
-                    talker.receive_data(data)
-                assert talker.closed == Closed(msg="m-stall", chunks=total, duration=total * 960)
+                await talker.read_until(lambda: talker.client.acked == total - 1)
+                closed = await talker.close()
+                assert closed == Closed(msg="m-stall", chunks=total, duration=total * 960)
             # the healthy listener already has everything, then the end
             assert [f.seq for f in healthy_frames if isinstance(f, Chunk)] == list(range(total))
             # the stalled one reads now: everything it missed, once, in order, then the end

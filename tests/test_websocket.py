@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 from conftest import RunningServer, User, make_thread, make_user
-from test_streaming import SCHEMA, chunk, exchange, upload_body
+from test_streaming import SCHEMA, RawTalker, chunk, exchange, upload_body
 from trio_websocket import ConnectionClosed
 
 from voxer_stream.client.h2conn import H2Connection
@@ -29,7 +29,6 @@ from voxer_stream.wire import (
     decode_frame,
     encode_frame,
 )
-from voxer_stream.wire.upload import UploadClient, UploadState
 
 
 async def receive_all(ws: Any) -> tuple[list[Frame], int | None]:
@@ -80,32 +79,20 @@ async def test_live_marker_and_live_chunks_over_websocket(server: RunningServer,
         await H2Connection.connect(server.url) as conn,
         open_ws(server.url, bob.token) as ws,
     ):
-        upload = await conn.request(
-            "POST",
-            "/v1/upload",
-            [("content-type", "application/cbor-seq"), ("authorization", f"Bearer {alice.token}")],
+        talker = await RawTalker.open(
+            conn, alice.token, Open(msg="w-live", thread=thread, created=1)
         )
-        talker = UploadClient(Open(msg="w-live", thread=thread, created=1))
-        await upload.send(talker.start())
-        while talker.state is not UploadState.STREAMING:
-            data = await upload.receive()
-            assert data is not None
-            talker.receive_data(data)
-        await upload.send(talker.send_chunk(chunk(0)))
-        while talker.acked < 0:
-            data = await upload.receive()
-            assert data is not None
-            talker.receive_data(data)
+        await talker.chunk(chunk(0))
+        await talker.read_until(lambda: talker.client.acked >= 0)
         await ws.send_message(encode_frame(Listen(msg="w-live", live_edge=True)))
         first = decode_frame(await ws.get_message())
         assert isinstance(first, MessageInfo) and first.state == "live" and first.start_seq == 1
         assert decode_frame(await ws.get_message()) == Live(seq=1)
         for seq in (1, 2):
-            await upload.send(talker.send_chunk(chunk(seq)))
+            await talker.chunk(chunk(seq))
             got = decode_frame(await ws.get_message())
             assert isinstance(got, Chunk) and got.seq == seq
-        await upload.send(talker.close())
-        await upload.end()
+        await talker.close()
         frames, code = await receive_all(ws)
         assert frames == [End(chunks=3, duration=3 * 960)] and code == 1000
 
