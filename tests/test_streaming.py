@@ -488,3 +488,24 @@ async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
             with trio.CancelScope(shield=True):
                 for conn in (stalled_conn, healthy_conn, talker_conn):
                     await conn.aclose()
+
+
+async def test_http11_clients_upload_and_listen(server: RunningServer, people) -> None:
+    """Stock tools without HTTP/2 (curl's default, httpx): a whole upload in one
+    request and a listen both work over HTTP/1.1, with the same frames."""
+    alice, _, _, thread = people
+    auth = {"authorization": f"Bearer {alice.token}", "content-type": "application/cbor-seq"}
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        body = upload_body(thread, "h11", chunk(0), chunk(1), Close(chunks=2))
+        response = await http.post("/v1/upload", content=body, headers=auth)
+        assert (response.status_code, response.http_version) == (200, "HTTP/1.1")
+        frames = decode_all(response.content)
+        assert frames[0] == Opened(msg="h11", next_seq=0, state="live")
+        assert frames[-1] == Closed(msg="h11", chunks=2, duration=1920)
+        response = await http.get("/v1/messages/h11/listen", headers=auth)
+        frames = decode_all(response.content)
+        assert [f.seq for f in frames if isinstance(f, Chunk)] == [0, 1]
+        response = await http.post("/v1/upload", content=b"\xff" * 100_000)
+        assert response.status_code == 401
+        assert decode_all(response.content)[0].code == ErrorCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    await assert_serving(server.url)
