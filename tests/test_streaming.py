@@ -509,3 +509,63 @@ async def test_http11_clients_upload_and_listen(server: RunningServer, people) -
         assert response.status_code == 401
         assert decode_all(response.content)[0].code == ErrorCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     await assert_serving(server.url)
+
+
+async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
+    """VXS-5.6-3: on SIGTERM the server acks every durable chunk, ends uploads and
+    listens with SHUTTING_DOWN, and exits; the message stays live and resumable."""
+    data_dir = tmp_path / "data"
+    process, url = await start_server_process(data_dir)
+    try:
+        alice = await make_user(url, "alice")
+        thread = await make_thread(url, alice)
+        async with (
+            await H2Connection.connect(url) as talker_conn,
+            await H2Connection.connect(url) as listener_conn,
+        ):
+            talker = await RawTalker.open(
+                talker_conn, alice.token, Open(msg="bye", thread=thread, created=1)
+            )
+            for seq in range(20):
+                await talker.chunk(chunk(seq))
+            listen = await listener_conn.request(
+                "GET",
+                "/v1/messages/bye/listen",
+                [("authorization", f"Bearer {alice.token}")],
+                end_stream=True,
+            )
+            assert await listen.response_status() == 200
+            decoder, heard = FrameDecoder(), []
+            with trio.fail_after(10):
+                while sum(isinstance(f, Chunk) for f in heard) < 20:  # the server has them all
+                    data = await listen.receive()
+                    assert data is not None
+                    decoder.feed(data)
+                    heard.extend(decoder)
+                process.send_signal(signal.SIGTERM)
+                frames = talker.client.receive_data(await talker.stream.read_all())
+                decoder.feed(await listen.read_all())
+                heard.extend(decoder)
+                assert decoder.buffered == 0
+        assert talker.client.acked == 19  # every chunk acked before the goodbye
+        for last in (frames[-1], heard[-1]):
+            assert isinstance(last, Error) and last.code == ErrorCode.SHUTTING_DOWN
+        assert [f.seq for f in heard if isinstance(f, Chunk)] == list(range(20))
+        assert await trio.to_thread.run_sync(process.wait, 10) == 0
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout:
+            process.stdout.close()
+    process, url = await start_server_process(data_dir)
+    try:
+        async with await H2Connection.connect(url) as conn:
+            resumed = await RawTalker.open(conn, alice.token, talker.client)
+            assert talker.client.acked == 19
+            closed = await resumed.close()
+        assert closed == Closed(msg="bye", chunks=20, duration=20 * 960)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()

@@ -99,19 +99,31 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # -- serve ---------------------------------------------------------------------------
 
 
+async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: graceful shutdown (VXS-5.6-3); a second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if shutdown.is_set():
+                scope.cancel()
+                return
+            logging.getLogger("voxer_stream").info("%s: shutting down gracefully", name)
+            shutdown.set()
+
+
 async def _serve(config: Any) -> None:
     from .transports.server import run_server
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(run_server, config)
-            print(f"voxer-stream serving on {binds[0]}", flush=True)
-            async for signum in signals:
-                logging.getLogger("voxer_stream").info(
-                    "%s: shutting down", signal.Signals(signum).name
-                )
-                nursery.cancel_scope.cancel()
-                break
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await run_server(config, shutdown=shutdown, task_status=task_status)
+            nursery.cancel_scope.cancel()  # done: stop watching for signals
+
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        binds = await nursery.start(serve)
+        print(f"voxer-stream serving on {binds[0]}", flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..store.base import MessageRecord, Store, StoredChunk
-from ..wire import Chunk, encode_frame
+from ..wire import Chunk, ErrorCode, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,8 @@ class Hub:
         self._lock = _KeyedLock()
         self.tail_limit = tail_limit
         self.abandon_after = abandon_after
+        #: Set when the server begins a graceful shutdown (VXS-5.6-3).
+        self.shutting_down = trio.Event()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -230,6 +232,13 @@ class Hub:
             await self.store.close_message(live.id, live.next_seq, live.end_ts)
             live.mark_closed()
             del self._live[live.id]
+
+    async def raise_on_shutdown(self) -> None:
+        """For a stream's nursery: fail it with SHUTTING_DOWN when the server stops."""
+        await self.shutting_down.wait()
+        raise ProtocolError(
+            ErrorCode.SHUTTING_DOWN, "the server is shutting down; resume later", "VXS-5.6-3"
+        )
 
     async def run_abandon_watchdog(self) -> None:
         """Close live messages whose talker has been gone too long (VXS-5.7-3)."""

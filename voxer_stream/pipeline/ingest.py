@@ -124,6 +124,7 @@ class UploadSession:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ack_loop, live)
+            nursery.start_soon(self._stop_on_shutdown, live)
             with self._uploader.cancel_scope:
                 close = await self._receive_chunks(live)
             if self._uploader.superseded:
@@ -242,6 +243,15 @@ class UploadSession:
             if live.store_failure is not None:
                 raise ProtocolError(ErrorCode.INTERNAL_ERROR, "storage failed; resume later")
             await changed.wait()
+
+    async def _stop_on_shutdown(self, live: LiveMessage) -> None:
+        """Graceful shutdown (VXS-5.6-3): ack what is durable, then SHUTTING_DOWN; the
+        message stays live and the talker resumes on another server or after restart."""
+        await self.hub.shutting_down.wait()
+        with trio.move_on_after(FINAL_ACK_WAIT):
+            await live.wait_durable(self.machine.next_seq)
+        await self._send_ack(live)
+        await self.hub.raise_on_shutdown()
 
     def _detach(self) -> None:
         live = self.live

@@ -84,7 +84,10 @@ class ListenSession:
 
     async def run(self) -> None:
         try:
-            await self._run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.hub.raise_on_shutdown)
+                await self._run()
+                nursery.cancel_scope.cancel()
         except* ProtocolError as group:
             exc = first_protocol_error(group)
             await self.sink.fail(exc, encode_frame(Error.from_exception(exc)))

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import hypercorn.trio
 import trio
@@ -64,9 +64,18 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     return hconfig
 
 
+#: How long streams get to say SHUTTING_DOWN before the server stops for good.
+SHUTDOWN_GRACE: Final = 2.0
+
+
 async def run_server(
-    config: ServerConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    config: ServerConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve until cancelled, or until ``shutdown`` is set: then every upload gets its
+    last acks and every stream a SHUTTING_DOWN error (VXS-5.6-3) before the server stops."""
     hypercorn_fix.install()
     os.makedirs(config.data_dir, exist_ok=True)
     async with (
@@ -80,4 +89,12 @@ async def run_server(
         binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(config)))
         log.info("voxer-stream serving on %s (data in %s)", ", ".join(binds), config.data_dir)
         task_status.started(binds)
-        await trio.sleep_forever()
+        if shutdown is None:
+            await trio.sleep_forever()
+        assert shutdown is not None
+        await shutdown.wait()
+        log.info("shutting down: telling %d live messages' streams", len(hub))
+        hub.shutting_down.set()
+        # Streams answer at once; wait a little for their last frames to be written.
+        await trio.sleep(min(SHUTDOWN_GRACE, 0.5) if len(hub) == 0 else SHUTDOWN_GRACE)
+        nursery.cancel_scope.cancel()
