@@ -80,7 +80,6 @@ class ListenSession:
         self.request = request
         self.authorize = authorize
         self.sink = sink
-        self.sent = 0
 
     async def run(self) -> None:
         try:
@@ -147,7 +146,6 @@ class ListenSession:
             for frame, chunk in zip(frames, chunks, strict=True):
                 await pacer.wait(chunk)
                 await self.sink.send([frame])
-        self.sent += len(frames)
 
     async def _follow(self, live: LiveMessage, cursor: int, pacer: _Pacer) -> int:
         """Send from ``cursor`` while the message is live; returns the cursor at close."""

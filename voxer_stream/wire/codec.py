@@ -158,17 +158,17 @@ def _non_text_key(obj: object) -> str | None:
     return None
 
 
-def _has_tags_or_duplicates(obj: object) -> str | None:
-    """Frames use no tags and no duplicate keys (VXS-3.1-4)."""
-    if isinstance(obj, cbor2.CBORTag | cbor2.CBORSimpleValue) or obj is cbor2.undefined:
-        return "tags, undefined and simple values other than true/false/null are not allowed"
+def _unusual_value(obj: object) -> str | None:
+    """Frames use no undefined and no simple values but true, false, null (VXS-3.1-4)."""
+    if isinstance(obj, cbor2.CBORSimpleValue) or obj is cbor2.undefined:
+        return "undefined and simple values other than true/false/null are not allowed"
     if isinstance(obj, list):
         for value in obj:
-            if found := _has_tags_or_duplicates(value):
+            if found := _unusual_value(value):
                 return found
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if found := _has_tags_or_duplicates(key) or _has_tags_or_duplicates(value):
+            if found := _unusual_value(key) or _unusual_value(value):
                 return found
     return None
 
@@ -185,7 +185,7 @@ def decode_frame(data: bytes) -> Frame:
     obj = decode_item(data)
     if problem := _non_text_key(obj):
         raise ProtocolError(ErrorCode.INVALID_FRAME, problem, "VXS-3.1-4")
-    if problem := _has_tags_or_duplicates(obj):
+    if problem := _unusual_value(obj):
         raise ProtocolError(ErrorCode.INVALID_FRAME, problem, "VXS-3.1-4")
     _check_duplicate_keys(data, obj)
     return frame_from_obj(obj)
