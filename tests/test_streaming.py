@@ -569,3 +569,11 @@ async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
         process.wait(timeout=10)
         if process.stdout:
             process.stdout.close()
+
+
+async def test_empty_upload_body_is_an_error(server: RunningServer, people) -> None:
+    """VXS-5.1-1: the first frame of an upload is open; a body without one is refused."""
+    alice, *_ = people
+    status, frames = await exchange(server.url, alice.token, b"")
+    assert status == 400
+    assert isinstance(frames[0], Error) and frames[0].code == ErrorCode.UNEXPECTED_FRAME

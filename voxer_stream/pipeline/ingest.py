@@ -115,7 +115,9 @@ class UploadSession:
     async def _run(self) -> None:
         first = await self._next_frame()
         if first is None:
-            return
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED_FRAME, "the stream ended before an open frame", "VXS-5.1-1"
+            )
         assert isinstance(first, Open)
         await self.authorize(first.thread)
         live = await self._open(first)

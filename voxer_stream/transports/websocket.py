@@ -101,13 +101,12 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, services: 
 
 
 async def _run(scope: Scope, receive: Receive, sink: WebSocketSink, services: Services) -> None:
-    token_header = header(scope, b"authorization")
     frame, data = await _next_frame(receive)
-    if token_header is None and isinstance(frame, Auth):
+    if isinstance(frame, Auth):  # the frame wins over a header (VXS-11-3)
         account = await authenticate(services, f"Bearer {frame.token}")
         frame, data = await _next_frame(receive)
     else:
-        account = await authenticate(services, token_header)
+        account = await authenticate(services, header(scope, b"authorization"))
     if isinstance(frame, Open):
         await _upload(receive, sink, services, account, data)
     elif isinstance(frame, Listen):
