@@ -99,16 +99,24 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # -- serve ---------------------------------------------------------------------------
 
 
+#: A graceful shutdown that takes longer than this is cut short.
+FORCE_STOP_AFTER = 10.0
+
+
 async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: graceful shutdown (VXS-5.6-3); a second one: stop now."""
+    """First SIGINT/SIGTERM: graceful shutdown (VXS-5.6-3); a second one, or
+    ``FORCE_STOP_AFTER`` seconds without the server finishing: stop now."""
+    log = logging.getLogger("voxer_stream")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if shutdown.is_set():
-                scope.cancel()
-                return
-            logging.getLogger("voxer_stream").info("%s: shutting down gracefully", name)
+            log.info("%s: shutting down gracefully", signal.Signals(signum).name)
             shutdown.set()
+            break
+        with trio.move_on_after(FORCE_STOP_AFTER):
+            async for _ in signals:
+                break
+        log.warning("stopping now, without waiting for the graceful shutdown")
+        scope.cancel()
 
 
 async def _serve(config: Any) -> None:
