@@ -84,11 +84,9 @@ async def listen(
 
 
 async def _drain(stream: H2Stream) -> None:
-    """Read to END_STREAM before closing the connection.
-
-    Closing while hypercorn 0.18 is still sending crashes the whole server: its
-    ``TCPServer._close`` calls ``send_eof`` without the send lock, and the send
-    task's ``send_all`` then raises ``trio.BusyResourceError`` (uncaught).
+    """Read to END_STREAM before closing the connection: a clean end for the server,
+    which otherwise sees a connection reset in the middle of its last write (stock
+    hypercorn 0.18 even crashed on that; our server guards against it, others may not).
     """
     with trio.move_on_after(1.0):
         try:

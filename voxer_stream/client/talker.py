@@ -319,8 +319,8 @@ class _Upload:
                 raise UploadInterrupted("the server ended the upload stream before closed")
             closed = self._handle(list(self.client.receive_data(data)))
             if closed is not None:
-                # Read to the end of the response before the connection closes (see
-                # listener._drain: hypercorn crashes if the client closes mid-send).
+                # Read to the end of the response before the connection closes, so
+                # that the server's last write is not cut (see listener._drain).
                 with trio.move_on_after(1.0):
                     while await channel.receive() is not None:
                         pass
