@@ -511,6 +511,7 @@ async def test_http11_clients_upload_and_listen(server: RunningServer, people) -
     await assert_serving(server.url)
 
 
+@pytest.mark.slow
 async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
     """VXS-5.6-3: on SIGTERM the server acks every durable chunk, ends uploads and
     listens with SHUTTING_DOWN, and exits; the message stays live and resumable."""
