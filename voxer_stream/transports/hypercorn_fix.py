@@ -42,6 +42,7 @@ import h2.exceptions
 import trio
 from h2.stream import StreamState
 from hypercorn.events import Closed, Event
+from hypercorn.protocol.events import Body
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as _handle_app
@@ -111,6 +112,42 @@ def _reset_after_complete_response(original: SendData) -> SendData:
 
     setattr(send_data, _INSTALLED, True)
     return send_data
+
+
+StreamSend = Callable[[Any, Any], Awaitable[None]]
+
+
+def _direct_body(original: StreamSend) -> StreamSend:
+    """Write a response body piece straight to the connection when it is the
+    connection's only response being sent, nothing is queued before it and the
+    flow-control window allows, instead of through the stream buffer and the
+    connection's send task: one task switch and the priority tree less per delivered
+    chunk, the live path's unit of work. Anything else (other streams, a queued buffer,
+    a closed window, a large piece, END_STREAM) takes hypercorn's own path, so order
+    and flow control are kept. With many streams on one connection the send task's
+    single writer stays: writes from every stream's own task queue on the send lock
+    and cost more latency than they save (benchmarks/README.md)."""
+
+    async def stream_send(self: Any, event: Any) -> None:
+        if isinstance(event, Body) and len(self.stream_buffers) == 1:
+            buffer = self.stream_buffers.get(event.stream_id)
+            if buffer is not None and not buffer.buffer and not buffer._complete:
+                connection = self.connection
+                try:
+                    room = min(
+                        connection.local_flow_control_window(event.stream_id),
+                        connection.max_outbound_frame_size,
+                    )
+                except h2.exceptions.StreamClosedError:
+                    room = 0
+                if 0 < len(event.data) <= room:
+                    connection.send_data(event.stream_id, event.data)
+                    await self._flush()
+                    return
+        await original(self, event)
+
+    setattr(stream_send, _INSTALLED, True)
+    return stream_send
 
 
 Send = Callable[[Any, Event], Awaitable[None]]
@@ -192,6 +229,8 @@ def install() -> None:
         H2Protocol._send_data = _reset_after_complete_response(  # type: ignore[method-assign,assignment]
             H2Protocol._send_data
         )
+    if not getattr(H2Protocol.stream_send, _INSTALLED, False):
+        H2Protocol.stream_send = _direct_body(H2Protocol.stream_send)  # type: ignore[method-assign,assignment]
     if not getattr(TaskGroup.spawn_app, _INSTALLED, False):
         TaskGroup.spawn_app = _spawn_app_closing_queue  # type: ignore[method-assign]
     send = TCPServer.protocol_send
