@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -39,10 +38,8 @@ class User:
     id: str
 
 
-async def make_user(
-    url: str, username: str, password: str = "correct horse", verify: Any = True
-) -> User:
-    async with httpx.AsyncClient(base_url=url, http2=True, verify=verify) as http:
+async def make_user(url: str, username: str, password: str = "correct horse") -> User:
+    async with httpx.AsyncClient(base_url=url, http2=True) as http:
         response = await http.post(
             "/v1/accounts", json={"username": username, "password": password}
         )
@@ -55,10 +52,8 @@ async def make_user(
         return User(username=username, token=data["token"], id=data["account_id"])
 
 
-async def make_thread(
-    url: str, owner: User, *others: User, thread_id: str | None = None, verify: Any = True
-) -> str:
-    async with httpx.AsyncClient(base_url=url, http2=True, verify=verify) as http:
+async def make_thread(url: str, owner: User, *others: User, thread_id: str | None = None) -> str:
+    async with httpx.AsyncClient(base_url=url, http2=True) as http:
         body: dict[str, object] = {"title": "test", "participants": [u.username for u in others]}
         if thread_id:
             body["id"] = thread_id

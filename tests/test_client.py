@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 from conftest import RunningServer, User, make_thread, make_user
 
 from voxer_stream.client import (
@@ -25,6 +26,7 @@ from voxer_stream.client import (
 from voxer_stream.client.listener import ListenResult
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
+from voxer_stream.transports.server import ServerConfig, run_server
 from voxer_stream.wire import Chunk, ErrorCode, Listen, Open
 
 
@@ -300,8 +302,7 @@ async def test_talker_resumes_after_connection_drops(
 
 
 async def test_tls_with_alpn_h2(tmp_path: Path, packets: list[bytes]) -> None:
-    trustme = pytest.importorskip("trustme")
-    from voxer_stream.transports.server import ServerConfig, run_server
+    """VXS-10-1: HTTP/2 over TLS with ALPN h2 (a trustme CA), upload and listen."""
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")

@@ -49,14 +49,15 @@ from voxer_stream.media.opus import (
 REFERENCE = Path(__file__).resolve().parent.parent / "codecs" / "reference"
 
 
-def _needs(binary: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(shutil.which(binary) is None, reason=f"{binary} not installed")
+TOOLS = ("ffmpeg", "ffprobe", "opusinfo", "opusdec")
 
 
-needs_ffmpeg = _needs("ffmpeg")
-needs_ffprobe = _needs("ffprobe")
-needs_opusinfo = _needs("opusinfo")
-needs_opusdec = _needs("opusdec")
+@pytest.fixture(autouse=True, scope="module")
+def _tools_installed() -> None:
+    """Fail, not skip, without the tools: ``./dev test`` installs ffmpeg and opus-tools,
+    so a missing one is a broken set-up that must not pass silently."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    assert not missing, f"missing {missing}: run ./dev test, which installs them"
 
 
 def rms(pcm: bytes) -> float:
@@ -306,7 +307,6 @@ def test_iter_encode_file_streams(tone_path: Path, tone_packets: list[bytes]) ->
     assert len([first, *packets]) == len(tone_packets)
 
 
-@needs_ffmpeg
 @pytest.mark.parametrize(
     ("suffix", "codec_args"),
     [
@@ -388,7 +388,6 @@ def test_ogg_roundtrip_byte_identical(tone_ogg: Path, tone_packets: list[bytes])
     assert info.page_count == 2 + math.ceil(len(tone_packets) / 50)
 
 
-@needs_ffprobe
 def test_ogg_ffprobe(tone_ogg: Path, tone_packets: list[bytes]) -> None:
     result = subprocess.run(
         ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(tone_ogg)],
@@ -404,7 +403,6 @@ def test_ogg_ffprobe(tone_ogg: Path, tone_packets: list[bytes]) -> None:
     assert float(stream["duration"]) == pytest.approx(len(tone_packets) * 0.02, abs=0.03)
 
 
-@needs_opusinfo
 def test_ogg_opusinfo_clean(tone_ogg: Path) -> None:
     result = subprocess.run(["opusinfo", str(tone_ogg)], capture_output=True, text=True)
     output = result.stdout + result.stderr
@@ -434,7 +432,6 @@ def test_ogg_pyav_decode_has_energy(tone_ogg: Path, tone_packets: list[bytes]) -
     assert rms(bytes(pcm)) > 9000
 
 
-@needs_opusdec
 def test_ogg_opusdec_decodes(tone_ogg: Path, tmp_path: Path) -> None:
     """libopusfile (an independent Ogg reader) decodes it to 3 s of the tone."""
     out = tmp_path / "decoded.wav"
@@ -508,7 +505,6 @@ def test_ogg_end_trim(tone_packets: list[bytes]) -> None:
         OggOpusWriter(io.BytesIO()).close(end_trim=960)
 
 
-@needs_opusinfo
 def test_ogg_end_trim_opusinfo(tone_packets: list[bytes], tmp_path: Path) -> None:
     """Trimming 648 ticks leaves 151 * 960 - 648 - 312 = 144000 ticks: exactly 3 s."""
     path = tmp_path / "trimmed.opus"
