@@ -234,9 +234,13 @@ class UploadSession:
             )
 
     async def _send_ack(self, live: LiveMessage) -> None:
-        count = min(live.durable, self.machine.next_seq)
-        if count > 0:
-            await self._send(self.machine.ack(count - 1))
+        # Under the send lock from the machine's ack to the write: the machine records
+        # an ack as sent, so two tasks acking at once must not let one record it while
+        # the other's (cancellable) write of it is still pending.
+        async with self._send_lock:
+            count = min(live.durable, self.machine.next_seq)
+            if count > 0 and (data := self.machine.ack(count - 1)):
+                await self.sink.send([data])
 
     async def _ack_loop(self, live: LiveMessage) -> None:
         while True:
