@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +68,48 @@ async def make_thread(url: str, owner: User, *others: User, thread_id: str | Non
         )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> int:
+        """SIGTERM (graceful shutdown) and the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+@contextmanager
+def server_process(data_dir: Path, *options: str) -> Iterator[ServerProcess]:
+    """``voxer-stream serve --port 0`` as a real process; its URL is the first stdout line.
+
+    On exit the process is stopped (killed if a test left it running) and reaped."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voxer_stream",
+            "serve",
+            "--port=0",
+            f"--data-dir={data_dir}",
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"https?://127\.0\.0\.1:\d+", line)
+        assert match, f"no URL in the server's first line: {line!r}"
+        yield ServerProcess(process, match.group(0))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

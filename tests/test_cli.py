@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import server_process
 
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
@@ -20,40 +20,10 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def cli_server(tmp_path: Path) -> Iterator[str]:
-    """``voxer-stream serve --port 0``; the bound URL is the first stdout line."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voxer_stream",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--synchronous",
-            "NORMAL",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("voxer-stream serving on "), line
-        yield line.split()[-1]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=10)
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert code == 0
+    """``voxer-stream serve --port 0``; it must exit 0 on SIGTERM at the end."""
+    with server_process(tmp_path / "data", "--synchronous", "NORMAL") as server:
+        yield server.url
+        assert server.stop() == 0
 
 
 class Cli:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -167,6 +169,18 @@ class Talker:
 OPEN = Open(msg="m1", thread=THREAD, created=1_700_000_000_000)
 
 
+@asynccontextmanager
+async def running_hub(
+    data_dir: Path, **options: Any
+) -> AsyncIterator[tuple[SQLiteStore, Hub, trio.Nursery]]:
+    """A real SQLite store with the test thread, and a hub running on it."""
+    async with SQLiteStore(data_dir / "db.sqlite3", synchronous="NORMAL") as store:
+        await setup_store(store)
+        async with trio.open_nursery() as nursery:
+            yield store, Hub(store, nursery, **options), nursery
+            nursery.cancel_scope.cancel()
+
+
 async def setup_store(store: SQLiteStore) -> None:
     await store.create_thread(
         Thread(
@@ -229,99 +243,99 @@ ACTIONS = st.lists(
 
 
 async def run_scenario(data_dir: Path, actions: list[tuple[object, ...]]) -> None:
-    async with SQLiteStore(data_dir / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery, tail_limit=8)  # a small tail exercises storage reads
-            harness = Harness(hub, nursery)
-            talker = Talker(harness)
-            await talker.connect()
-            listeners: list[Listener] = []
-            sent = 0
+    async with running_hub(data_dir, tail_limit=8) as (
+        store,
+        hub,
+        nursery,
+    ):  # a small tail exercises storage reads
+        harness = Harness(hub, nursery)
+        talker = Talker(harness)
+        await talker.connect()
+        listeners: list[Listener] = []
+        sent = 0
 
-            async def connect(listener: Listener, request: Listen) -> None:
-                sink = MemorySink()
-                listener.connections.append(sink)
-                listener.scope, listener.done = await harness.listen(request, sink)
-                await wait_until(lambda: bool(sink.frames) or sink.error is not None)
-                assert sink.error is None, sink.error
+        async def connect(listener: Listener, request: Listen) -> None:
+            sink = MemorySink()
+            listener.connections.append(sink)
+            listener.scope, listener.done = await harness.listen(request, sink)
+            await wait_until(lambda: bool(sink.frames) or sink.error is not None)
+            assert sink.error is None, sink.error
 
-            for action in actions:
-                kind = action[0]
-                if kind == "chunk":
-                    await talker.chunk(opus_chunk(sent))
-                    sent += 1
-                    live = hub.peek(OPEN.msg)
-                    assert live is not None
-                    await wait_until(lambda live=live, sent=sent: live.next_seq >= sent)
-                elif kind == "join":
-                    _, how, n = action
-                    assert isinstance(n, int)
-                    request = {
-                        "start": Listen(msg=OPEN.msg),
-                        "seq": Listen(msg=OPEN.msg, from_seq=min(n, sent)),
-                        "ts": Listen(msg=OPEN.msg, from_ts=n * FRAME // 2),
-                        "edge": Listen(msg=OPEN.msg, live_edge=True),
-                    }[str(how)]
-                    listener = Listener(request)
-                    listeners.append(listener)
-                    await connect(listener, request)
-                    listener.collect()
-                    # VXS-6.1-3, VXS-6.1-4: the stream starts where it was asked to
-                    expected = {
-                        "start": 0,
-                        "seq": min(n, sent),
-                        "ts": min(n // 2, sent),
-                        "edge": sent,
-                    }[str(how)]
-                    assert listener.start == expected, (how, n, sent, listener.start)
-                elif kind in ("stall", "resume", "reconnect") and listeners:
-                    index = action[1]
-                    assert isinstance(index, int)
-                    listener = listeners[index % len(listeners)]
-                    sink = listener.connections[-1]
-                    if kind == "stall":
-                        sink.stall()
-                    elif kind == "resume":
-                        sink.resume()
-                    else:
-                        assert listener.scope is not None and listener.done is not None
-                        listener.scope.cancel()
-                        await listener.done.wait()  # the old connection is really gone
-                        next_seq = listener.next_seq()
-                        assert next_seq is not None
-                        await connect(listener, Listen(msg=OPEN.msg, from_seq=next_seq))
-                elif kind == "drop":
-                    talker.drop()
-                    await talker.connect()
-            for listener in listeners:
-                listener.connections[-1].resume()
-            await talker.close()
-            closed = talker.client.closed
-            assert closed is not None and closed.chunks == sent
-            late = Listener(Listen(msg=OPEN.msg))
-            listeners.append(late)
-            await connect(late, late.request)
-            for listener in listeners:
-                sink = listener.connections[-1]
-                await wait_until(
-                    lambda sink=sink: bool(sink.frames) and isinstance(sink.frames[-1], End)
-                )
+        for action in actions:
+            kind = action[0]
+            if kind == "chunk":
+                await talker.chunk(opus_chunk(sent))
+                sent += 1
+                live = hub.peek(OPEN.msg)
+                assert live is not None
+                await wait_until(lambda live=live, sent=sent: live.next_seq >= sent)
+            elif kind == "join":
+                _, how, n = action
+                assert isinstance(n, int)
+                request = {
+                    "start": Listen(msg=OPEN.msg),
+                    "seq": Listen(msg=OPEN.msg, from_seq=min(n, sent)),
+                    "ts": Listen(msg=OPEN.msg, from_ts=n * FRAME // 2),
+                    "edge": Listen(msg=OPEN.msg, live_edge=True),
+                }[str(how)]
+                listener = Listener(request)
+                listeners.append(listener)
+                await connect(listener, request)
                 listener.collect()
-                assert listener.start is not None
-                # exactly once, in order, from the listener's start to the end
-                assert listener.seqs == list(range(listener.start, sent)), listener.request
-                end = sink.frames[-1]
-                assert isinstance(end, End) and end.chunks == sent
-                # each connection on its own also obeys the listen state machine
-                for connection in listener.connections:
-                    checker = ListenChecker()
-                    for frame in connection.frames:
-                        checker.apply(frame)
-            stored = await store.read_chunks(OPEN.msg, 0, 10_000)
-            assert [c.seq for c in stored] == list(range(sent))
-            assert all(c.packets == opus_chunk(c.seq).packets for c in stored)
-            nursery.cancel_scope.cancel()
+                # VXS-6.1-3, VXS-6.1-4: the stream starts where it was asked to
+                expected = {
+                    "start": 0,
+                    "seq": min(n, sent),
+                    "ts": min(n // 2, sent),
+                    "edge": sent,
+                }[str(how)]
+                assert listener.start == expected, (how, n, sent, listener.start)
+            elif kind in ("stall", "resume", "reconnect") and listeners:
+                index = action[1]
+                assert isinstance(index, int)
+                listener = listeners[index % len(listeners)]
+                sink = listener.connections[-1]
+                if kind == "stall":
+                    sink.stall()
+                elif kind == "resume":
+                    sink.resume()
+                else:
+                    assert listener.scope is not None and listener.done is not None
+                    listener.scope.cancel()
+                    await listener.done.wait()  # the old connection is really gone
+                    next_seq = listener.next_seq()
+                    assert next_seq is not None
+                    await connect(listener, Listen(msg=OPEN.msg, from_seq=next_seq))
+            elif kind == "drop":
+                talker.drop()
+                await talker.connect()
+        for listener in listeners:
+            listener.connections[-1].resume()
+        await talker.close()
+        closed = talker.client.closed
+        assert closed is not None and closed.chunks == sent
+        late = Listener(Listen(msg=OPEN.msg))
+        listeners.append(late)
+        await connect(late, late.request)
+        for listener in listeners:
+            sink = listener.connections[-1]
+            await wait_until(
+                lambda sink=sink: bool(sink.frames) and isinstance(sink.frames[-1], End)
+            )
+            listener.collect()
+            assert listener.start is not None
+            # exactly once, in order, from the listener's start to the end
+            assert listener.seqs == list(range(listener.start, sent)), listener.request
+            end = sink.frames[-1]
+            assert isinstance(end, End) and end.chunks == sent
+            # each connection on its own also obeys the listen state machine
+            for connection in listener.connections:
+                checker = ListenChecker()
+                for frame in connection.frames:
+                    checker.apply(frame)
+        stored = await store.read_chunks(OPEN.msg, 0, 10_000)
+        assert [c.seq for c in stored] == list(range(sent))
+        assert all(c.packets == opus_chunk(c.seq).packets for c in stored)
 
 
 @settings(
@@ -339,28 +353,24 @@ async def test_every_listener_gets_every_chunk_once_in_order(
 
 async def test_stalled_listener_delays_neither_talker_nor_others(tmp_path: Path) -> None:
     """VXS-6.5-1, VXS-6.5-2: a listener that stops reading costs nobody anything."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery, tail_limit=50)
-            harness = Harness(hub, nursery)
-            talker = Talker(harness)
-            await talker.connect()
-            stalled, healthy = MemorySink(), MemorySink()
-            stalled.stall()
-            await harness.listen(Listen(msg=OPEN.msg), stalled)
-            await harness.listen(Listen(msg=OPEN.msg), healthy)
-            for seq in range(500):
-                await talker.chunk(opus_chunk(seq))
-            await wait_until(lambda: talker.absorb() or talker.client.acked == 499)
-            await wait_until(lambda: len(received_seqs(healthy.frames)) == 500)
-            assert stalled.frames == []
-            await talker.close()
-            await wait_until(lambda: bool(healthy.frames) and isinstance(healthy.frames[-1], End))
-            stalled.resume()
-            await wait_until(lambda: bool(stalled.frames) and isinstance(stalled.frames[-1], End))
-            assert received_seqs(stalled.frames) == list(range(500))
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path, tail_limit=50) as (_store, hub, nursery):
+        harness = Harness(hub, nursery)
+        talker = Talker(harness)
+        await talker.connect()
+        stalled, healthy = MemorySink(), MemorySink()
+        stalled.stall()
+        await harness.listen(Listen(msg=OPEN.msg), stalled)
+        await harness.listen(Listen(msg=OPEN.msg), healthy)
+        for seq in range(500):
+            await talker.chunk(opus_chunk(seq))
+        await wait_until(lambda: talker.absorb() or talker.client.acked == 499)
+        await wait_until(lambda: len(received_seqs(healthy.frames)) == 500)
+        assert stalled.frames == []
+        await talker.close()
+        await wait_until(lambda: bool(healthy.frames) and isinstance(healthy.frames[-1], End))
+        stalled.resume()
+        await wait_until(lambda: bool(stalled.frames) and isinstance(stalled.frames[-1], End))
+        assert received_seqs(stalled.frames) == list(range(500))
 
 
 @pytest.mark.parametrize(
@@ -386,54 +396,46 @@ async def test_rejected_chunk_changes_nothing_stored(
     tmp_path: Path, frames: list[Chunk], code: ErrorCode
 ) -> None:
     """VXS-5.6-2: the error is reported and what was stored stays as it was."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            sink = MemorySink()
-            data = encode_frame(OPEN) + b"".join(encode_frame(f) for f in frames)
+    async with running_hub(tmp_path) as (store, hub, _nursery):
+        sink = MemorySink()
+        data = encode_frame(OPEN) + b"".join(encode_frame(f) for f in frames)
 
-            async def source() -> AsyncIterator[bytes]:
-                yield data
-                await trio.sleep_forever()
+        async def source() -> AsyncIterator[bytes]:
+            yield data
+            await trio.sleep_forever()
 
-            with trio.fail_after(5):
-                await UploadSession(hub, TALKER, allow, sink).run(source())
-            assert sink.error is not None and sink.error.code == code
-            live = hub.peek(OPEN.msg)
-            assert live is not None
-            await live.wait_durable(1)
-            stored = await store.read_chunks(OPEN.msg, 0, 10)
-            assert [(c.seq, c.packets) for c in stored] == [(0, opus_chunk(0).packets)]
-            nursery.cancel_scope.cancel()
+        with trio.fail_after(5):
+            await UploadSession(hub, TALKER, allow, sink).run(source())
+        assert sink.error is not None and sink.error.code == code
+        live = hub.peek(OPEN.msg)
+        assert live is not None
+        await live.wait_durable(1)
+        stored = await store.read_chunks(OPEN.msg, 0, 10)
+        assert [(c.seq, c.packets) for c in stored] == [(0, opus_chunk(0).packets)]
 
 
 async def test_resent_identical_chunk_is_harmless(tmp_path: Path) -> None:
     """VXS-5.4-1."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            talker = Talker(Harness(hub, nursery))
-            await talker.connect()
-            await talker.chunk(opus_chunk(0))
-            await talker.chunk(opus_chunk(1))
-            assert talker._send is not None
-            await talker._send.send(encode_frame(opus_chunk(0)))
-            await talker.close()
-            assert talker.sink.error is None
-            record = await store.get_message(OPEN.msg)
-            assert record == MessageRecord(
-                id=OPEN.msg,
-                thread_id=THREAD,
-                sender=TALKER,
-                codec="opus",
-                created=OPEN.created,
-                state="closed",
-                chunks=2,
-                duration=2 * FRAME,
-            )
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path) as (store, hub, nursery):
+        talker = Talker(Harness(hub, nursery))
+        await talker.connect()
+        await talker.chunk(opus_chunk(0))
+        await talker.chunk(opus_chunk(1))
+        assert talker._send is not None
+        await talker._send.send(encode_frame(opus_chunk(0)))
+        await talker.close()
+        assert talker.sink.error is None
+        record = await store.get_message(OPEN.msg)
+        assert record == MessageRecord(
+            id=OPEN.msg,
+            thread_id=THREAD,
+            sender=TALKER,
+            codec="opus",
+            created=OPEN.created,
+            state="closed",
+            chunks=2,
+            duration=2 * FRAME,
+        )
 
 
 async def closed_message(store: SQLiteStore, hub: Hub, nursery: trio.Nursery, count: int) -> None:
@@ -455,106 +457,86 @@ async def timed_listen(hub: Hub, request: Listen) -> tuple[float, MemorySink]:
 async def test_speed_paces_stored_chunks(tmp_path: Path) -> None:
     """VXS-6.4-1: at speed s a chunk is not sent before (ts - ts_first) / s; speed 0 is
     as fast as possible. 50 chunks are 1 s of audio; the last is due at 0.98 s / s."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            await closed_message(store, hub, nursery, 50)
-            fast, sink = await timed_listen(hub, Listen(msg=OPEN.msg))
-            assert received_seqs(sink.frames) == list(range(50))
-            double, sink = await timed_listen(hub, Listen(msg=OPEN.msg, speed=2.0))
-            assert received_seqs(sink.frames) == list(range(50))
-            assert double >= 0.98 / 2
-            real, _ = await timed_listen(hub, Listen(msg=OPEN.msg, from_seq=25, speed=1.0))
-            assert real >= 24 * 0.02
-            assert fast < double  # nothing holds an as-fast-as-possible listener back
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path) as (store, hub, nursery):
+        await closed_message(store, hub, nursery, 50)
+        fast, sink = await timed_listen(hub, Listen(msg=OPEN.msg))
+        assert received_seqs(sink.frames) == list(range(50))
+        double, sink = await timed_listen(hub, Listen(msg=OPEN.msg, speed=2.0))
+        assert received_seqs(sink.frames) == list(range(50))
+        assert double >= 0.98 / 2
+        real, _ = await timed_listen(hub, Listen(msg=OPEN.msg, from_seq=25, speed=1.0))
+        assert real >= 24 * 0.02
+        assert fast < double  # nothing holds an as-fast-as-possible listener back
 
 
 async def test_catch_up_at_speed_then_live(tmp_path: Path) -> None:
     """Play faster until caught up, then live (FEATURES: catch up to live): a listener
     joining a live message 0.5 s in at 2x goes live, then gets the rest as it comes."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            harness = Harness(hub, nursery)
-            talker = Talker(harness)
-            await talker.connect()
-            sink = MemorySink()
-            for seq in range(75):  # 1.5 s of audio in real time
-                if seq == 25:
-                    await harness.listen(Listen(msg=OPEN.msg, speed=2.0), sink)
-                await talker.chunk(opus_chunk(seq))
-                await trio.sleep(0.02)
-            await talker.close()
-            await wait_until(lambda: bool(sink.frames) and isinstance(sink.frames[-1], End))
-            assert received_seqs(sink.frames) == list(range(75))
-            live = [f for f in sink.frames if isinstance(f, Live)]
-            assert len(live) == 1 and 25 < live[0].seq < 75
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path) as (_store, hub, nursery):
+        harness = Harness(hub, nursery)
+        talker = Talker(harness)
+        await talker.connect()
+        sink = MemorySink()
+        for seq in range(75):  # 1.5 s of audio in real time
+            if seq == 25:
+                await harness.listen(Listen(msg=OPEN.msg, speed=2.0), sink)
+            await talker.chunk(opus_chunk(seq))
+            await trio.sleep(0.02)
+        await talker.close()
+        await wait_until(lambda: bool(sink.frames) and isinstance(sink.frames[-1], End))
+        assert received_seqs(sink.frames) == list(range(75))
+        live = [f for f in sink.frames if isinstance(f, Live)]
+        assert len(live) == 1 and 25 < live[0].seq < 75
 
 
 async def test_second_open_supersedes_the_first_upload(tmp_path: Path) -> None:
     """VXS-5.7-1: a talker that reconnects while its old connection still hangs takes over."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            first = Talker(Harness(hub, nursery))
-            await first.connect()
-            await first.chunk(opus_chunk(0))
-            second = Talker(Harness(hub, nursery), client=first.client)
-            await second.connect()
-            await wait_until(lambda: first.sink.error is not None)
-            assert first.sink.error is not None
-            assert first.sink.error.code == ErrorCode.SUPERSEDED
-            await second.chunk(opus_chunk(1))
-            await second.close()
-            assert second.client.closed is not None and second.client.closed.chunks == 2
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path) as (_store, hub, nursery):
+        first = Talker(Harness(hub, nursery))
+        await first.connect()
+        await first.chunk(opus_chunk(0))
+        second = Talker(Harness(hub, nursery), client=first.client)
+        await second.connect()
+        await wait_until(lambda: first.sink.error is not None)
+        assert first.sink.error is not None
+        assert first.sink.error.code == ErrorCode.SUPERSEDED
+        await second.chunk(opus_chunk(1))
+        await second.close()
+        assert second.client.closed is not None and second.client.closed.chunks == 2
 
 
 async def test_idle_upload_times_out_and_stays_resumable(tmp_path: Path) -> None:
     """VXS-5.7-2: no frame for the idle timeout ends the stream; the message stays live."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery)
-            sink = MemorySink()
+    async with running_hub(tmp_path) as (store, hub, _nursery):
+        sink = MemorySink()
 
-            async def source() -> AsyncIterator[bytes]:
-                yield encode_frame(OPEN) + encode_frame(opus_chunk(0))
-                await trio.sleep_forever()
+        async def source() -> AsyncIterator[bytes]:
+            yield encode_frame(OPEN) + encode_frame(opus_chunk(0))
+            await trio.sleep_forever()
 
-            session = UploadSession(hub, TALKER, allow, sink, idle_timeout=0.2)
-            with trio.fail_after(5):
-                await session.run(source())
-            assert sink.error is not None and sink.error.code == ErrorCode.IDLE_TIMEOUT
-            record = await store.get_message(OPEN.msg)
-            assert record is not None and record.state == "live"
-            nursery.cancel_scope.cancel()
+        session = UploadSession(hub, TALKER, allow, sink, idle_timeout=0.2)
+        with trio.fail_after(5):
+            await session.run(source())
+        assert sink.error is not None and sink.error.code == ErrorCode.IDLE_TIMEOUT
+        record = await store.get_message(OPEN.msg)
+        assert record is not None and record.state == "live"
 
 
 async def test_abandoned_live_message_is_closed(tmp_path: Path) -> None:
     """VXS-5.7-3: no talker for ``abandon_after``: the server closes the message with the
     chunks it has, and a listener waiting at the live edge gets its end."""
-    async with SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store:
-        await setup_store(store)
-        async with trio.open_nursery() as nursery:
-            hub = Hub(store, nursery, abandon_after=0.5)
-            nursery.start_soon(hub.run_abandon_watchdog)
-            harness = Harness(hub, nursery)
-            talker = Talker(harness)
-            await talker.connect()
-            for seq in range(3):
-                await talker.chunk(opus_chunk(seq))
-            listener = MemorySink()
-            await harness.listen(Listen(msg=OPEN.msg, live_edge=True), listener)
-            await wait_until(lambda: talker.absorb() or talker.client.acked == 2)
-            talker.drop()
-            await wait_until(lambda: bool(listener.frames) and isinstance(listener.frames[-1], End))
-            assert listener.frames[-1] == End(chunks=3, duration=3 * FRAME)
-            record = await store.get_message(OPEN.msg)
-            assert record is not None and (record.state, record.chunks) == ("closed", 3)
-            nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path, abandon_after=0.5) as (store, hub, nursery):
+        nursery.start_soon(hub.run_abandon_watchdog)
+        harness = Harness(hub, nursery)
+        talker = Talker(harness)
+        await talker.connect()
+        for seq in range(3):
+            await talker.chunk(opus_chunk(seq))
+        listener = MemorySink()
+        await harness.listen(Listen(msg=OPEN.msg, live_edge=True), listener)
+        await wait_until(lambda: talker.absorb() or talker.client.acked == 2)
+        talker.drop()
+        await wait_until(lambda: bool(listener.frames) and isinstance(listener.frames[-1], End))
+        assert listener.frames[-1] == End(chunks=3, duration=3 * FRAME)
+        record = await store.get_message(OPEN.msg)
+        assert record is not None and (record.state, record.chunks) == ("closed", 3)

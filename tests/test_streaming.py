@@ -9,11 +9,7 @@ is validated against proto/frames.cddl (VXS-3.1-4 for our own output).
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +18,7 @@ import httpx
 import pycddl
 import pytest
 import trio
-from conftest import RunningServer, User, make_thread, make_user
+from conftest import RunningServer, User, make_thread, make_user, server_process
 
 from voxer_stream.client.h2conn import H2Connection, H2Stream, StreamReset
 from voxer_stream.wire import (
@@ -336,22 +332,6 @@ async def test_listen_refusals(server: RunningServer, people) -> None:
 # -- kill -9 in the middle of an upload ----------------------------------------------
 
 
-async def start_server_process(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(  # noqa: ASYNC220 - fork+exec only; we read its pipe in a thread
-        [sys.executable, "-m", "voxer_stream", "serve", "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    with trio.fail_after(30):
-        line = await trio.to_thread.run_sync(process.stdout.readline)
-    match = re.search(r"http://127\.0\.0\.1:\d+", line)
-    assert match, line
-    return process, match.group(0)
-
-
 @pytest.mark.slow
 async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
     """VXS-5.3-3 and invariant 3: ack means durable, even across SIGKILL.
@@ -362,8 +342,8 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
     exactly the packets that were sent.
     """
     data_dir = tmp_path / "data"
-    process, url = await start_server_process(data_dir)
-    try:
+    with server_process(data_dir) as first:
+        url = first.url
         alice = await make_user(url, "alice")
         thread = await make_thread(url, alice)
         conn = await H2Connection.connect(url)
@@ -385,20 +365,15 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
                         with trio.fail_after(5):
                             while talker.acked < 150:
                                 await trio.sleep(0.01)
-                        process.send_signal(signal.SIGKILL)
-                        process.wait()
+                        first.process.send_signal(signal.SIGKILL)
+                        first.process.wait()
         with trio.CancelScope(shield=True):
             await conn.aclose()
         acked = talker.acked
         assert acked >= 150
-    finally:
-        process.kill()
-        process.wait()
-        if process.stdout:
-            process.stdout.close()
 
-    process, url = await start_server_process(data_dir)
-    try:
+    with server_process(data_dir) as second:
+        url = second.url
         # Every acked chunk is there (VXS-5.3-3) ...
         assert (await stored_packets(url, alice, "durable"))[: acked + 1] == [
             opus(s) for s in range(acked + 1)
@@ -413,11 +388,6 @@ async def test_kill_9_mid_upload_loses_no_acked_chunk(tmp_path: Path) -> None:
             await resumed.close()
         assert talker.closed == Closed(msg="durable", chunks=total, duration=total * 960)
         assert await stored_packets(url, alice, "durable") == [opus(s) for s in range(total)]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
 
 
 # -- a listener that stops reading, over real HTTP/2 flow control ---------------------
@@ -516,8 +486,8 @@ async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
     """VXS-5.6-3: on SIGTERM the server acks every durable chunk, ends uploads and
     listens with SHUTTING_DOWN, and exits; the message stays live and resumable."""
     data_dir = tmp_path / "data"
-    process, url = await start_server_process(data_dir)
-    try:
+    with server_process(data_dir) as first:
+        url = first.url
         alice = await make_user(url, "alice")
         thread = await make_thread(url, alice)
         async with (
@@ -543,7 +513,7 @@ async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
                     assert data is not None
                     decoder.feed(data)
                     heard.extend(decoder)
-                process.send_signal(signal.SIGTERM)
+                first.process.send_signal(signal.SIGTERM)
                 frames = talker.client.receive_data(await talker.stream.read_all())
                 decoder.feed(await listen.read_all())
                 heard.extend(decoder)
@@ -552,24 +522,13 @@ async def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
         for last in (frames[-1], heard[-1]):
             assert isinstance(last, Error) and last.code == ErrorCode.SHUTTING_DOWN
         assert [f.seq for f in heard if isinstance(f, Chunk)] == list(range(20))
-        assert await trio.to_thread.run_sync(process.wait, 10) == 0
-    finally:
-        process.kill()
-        process.wait()
-        if process.stdout:
-            process.stdout.close()
-    process, url = await start_server_process(data_dir)
-    try:
-        async with await H2Connection.connect(url) as conn:
+        assert await trio.to_thread.run_sync(first.process.wait, 10) == 0
+    with server_process(data_dir) as second:
+        async with await H2Connection.connect(second.url) as conn:
             resumed = await RawTalker.open(conn, alice.token, talker.client)
             assert talker.client.acked == 19
             closed = await resumed.close()
         assert closed == Closed(msg="bye", chunks=20, duration=20 * 960)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
 
 
 async def test_empty_upload_body_is_an_error(server: RunningServer, people) -> None:

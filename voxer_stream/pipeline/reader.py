@@ -160,12 +160,15 @@ class ListenSession:
                 await self._send_chunks(batch, pacer)
                 cursor = batch[-1].seq + 1
             elif cursor < live.next_seq:
-                # Take the chunks and their encodings in one step: no await in between,
-                # so a trim of the tail cannot shift them apart.
-                start = cursor - live.tail_start
-                chunks = live.tail[start : start + TAIL_BATCH]
                 frames = live.tail_from(cursor, TAIL_BATCH)
-                await self._send_wire(frames, chunks, pacer)
+                if pacer.speed == 0.0:
+                    await self.sink.send(frames)  # the live path: encoded once, one send
+                else:
+                    # The chunks (for their media times) in the same step as their
+                    # encodings: no await in between, so a trim cannot shift them apart.
+                    start = cursor - live.tail_start
+                    chunks = live.tail[start : start + len(frames)]
+                    await self._send_wire(frames, chunks, pacer)
                 cursor += len(frames)
             elif live.closed:
                 return cursor
