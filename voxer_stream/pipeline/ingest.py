@@ -109,6 +109,7 @@ class UploadSession:
                     ErrorCode.IDLE_TIMEOUT, f"no frame for {self.idle_timeout:g} s", "VXS-5.7-2"
                 )
             if data is None:
+                self.machine.receive_eof()
                 return None
             self.machine.receive_data(data)
 

@@ -54,9 +54,11 @@ def create_rest_app(services: Services) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[Any, int]:
+        # The registry's status, not the framework's: a method a path does not have
+        # is NOT_FOUND with 404 (VXS-8-5), not a 405 that no registry entry carries.
         status = exc.code or 500
         code = ErrorCode.NOT_FOUND if status in (404, 405) else ErrorCode.INVALID_REQUEST
-        return jsonify(_error_body(code, exc.description or "")), status
+        return jsonify(_error_body(code, exc.description or "")), code.http_status
 
     async def body() -> dict[str, Any]:
         data = await request.get_json(force=True, silent=True)

@@ -8,6 +8,7 @@ binding (REST) is the Quart app in ``app.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,25 +127,37 @@ async def upload(scope: Scope, receive: Receive, send: Send, services: Services)
     await sink.finish()
 
 
+_DECIMAL_INT = re.compile(r"[0-9]{1,16}")
+_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
 def parse_listen(message_id: str, query: bytes) -> Listen:
-    """Query parameters of ``GET /v1/messages/{id}/listen`` as a listen frame (VXS-10-6)."""
+    """Query parameters of ``GET /v1/messages/{id}/listen`` as a listen frame (VXS-10-6).
+
+    Strict decimal syntax: Python's ``int`` and ``float`` would also take ``0_1``,
+    ``nan`` or `` 7``, which other implementations would not, so a client that relied
+    on them would not be portable.
+    """
     fields: dict[str, Any] = {}
     try:
-        for key, value in parse_qsl(query.decode("ascii"), strict_parsing=False):
-            if key in ("from_seq", "from_ts"):
-                number = int(value)
-                if number < 0:
-                    raise ValueError(key)
-                fields[key] = number
-            elif key == "live_edge":
-                fields[key] = value.lower() in ("1", "true", "yes")
-            elif key == "speed":
-                fields[key] = float(value)
-        return Listen(msg=message_id, **fields)
-    except (ValueError, UnicodeDecodeError) as exc:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
         raise ProtocolError(
-            ErrorCode.INVALID_LISTEN, f"bad query parameter: {exc}", "VXS-10-6"
+            ErrorCode.INVALID_LISTEN, "the query string is not ASCII", "VXS-10-6"
         ) from None
+    for key, value in pairs:
+        if key in ("from_seq", "from_ts") and _DECIMAL_INT.fullmatch(value):
+            fields[key] = int(value)
+        elif key == "live_edge" and value.lower() in _FLAGS:
+            fields[key] = _FLAGS[value.lower()]
+        elif key == "speed" and _DECIMAL.fullmatch(value):
+            fields[key] = float(value)
+        elif key in ("from_seq", "from_ts", "live_edge", "speed"):
+            raise ProtocolError(
+                ErrorCode.INVALID_LISTEN, f"bad query parameter {key}={value!r}", "VXS-10-6"
+            )
+    return Listen(msg=message_id, **fields)
 
 
 async def listen(

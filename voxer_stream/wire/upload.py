@@ -71,6 +71,17 @@ class UploadServer:
     def receive_data(self, data: bytes) -> None:
         self._decoder.feed(data)
 
+    def receive_eof(self) -> None:
+        """The body ended. Bytes of an unfinished item are malformed CBOR (VXS-3.1-2):
+        only an end between frames is the clean end of VXS-5.1-4."""
+        if self._decoder.buffered:
+            self.state = UploadState.ERROR
+            raise ProtocolError(
+                ErrorCode.MALFORMED_CBOR,
+                f"the stream ended inside a CBOR item ({self._decoder.buffered} bytes)",
+                "VXS-3.1-2",
+            )
+
     def next_frame(self) -> Frame | None:
         if self.state in (UploadState.ERROR, UploadState.OPENING, UploadState.CLOSING):
             # OPENING and CLOSING wait for the caller's answer before reading on.
