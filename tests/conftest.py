@@ -82,10 +82,14 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(data_dir: Path, *options: str) -> Iterator[ServerProcess]:
+def server_process(
+    data_dir: Path, *options: str, log: Path | None = None
+) -> Iterator[ServerProcess]:
     """``voxer-stream serve --port 0`` as a real process; its URL is the first stdout line.
 
-    On exit the process is stopped (killed if a test left it running) and reaped."""
+    Its stderr goes to ``log`` if given. On exit the process is stopped (killed if a
+    test left it running) and reaped."""
+    stderr = log.open("w") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [
             sys.executable,
@@ -97,7 +101,7 @@ def server_process(data_dir: Path, *options: str) -> Iterator[ServerProcess]:
             *options,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -113,3 +117,5 @@ def server_process(data_dir: Path, *options: str) -> Iterator[ServerProcess]:
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]

@@ -26,7 +26,11 @@ response is being written, ``TCPServer._close`` calls ``send_eof`` without the
 send lock, the concurrent ``send_all`` raises ``trio.BusyResourceError``, which
 hypercorn catches nowhere, and the process exits. A listener that hangs up in
 the middle of a message must not take the server down; the second wrapper
-treats that error as what it is, a connection that is gone.
+treats that error as what it is, a connection that is gone. The same wrapper
+shields the close itself: over HTTP/1.1 a response that ends before its request
+body makes hypercorn close the connection from the app's task, which quart-trio
+cancels at that moment; half-closed, the connection hung the client's next
+keep-alive request (seen by the conformance suite, 2-3% of refused POSTs).
 """
 
 from __future__ import annotations
@@ -141,7 +145,13 @@ def _direct_body(original: StreamSend) -> StreamSend:
                 except h2.exceptions.StreamClosedError:
                     room = 0
                 if 0 < len(event.data) <= room:
-                    connection.send_data(event.stream_id, event.data)
+                    try:
+                        connection.send_data(event.stream_id, event.data)
+                    except h2.exceptions.ProtocolError:
+                        # The peer reset the stream (a listener that left) between the
+                        # window check and now: the data has nowhere to go, and the app
+                        # learns of the end from its disconnect event.
+                        return
                     await self._flush()
                     return
         await original(self, event)
@@ -156,7 +166,16 @@ Send = Callable[[Any, Event], Awaitable[None]]
 def _closed_on_busy(original: Send) -> Send:
     async def protocol_send(self: Any, event: Event) -> None:
         try:
-            await original(self, event)
+            if isinstance(event, Closed):
+                # Closing must finish even when the task doing it is being cancelled:
+                # the app task that sends a response's last byte runs it, and the app
+                # may be cancelling that task at that very moment (quart-trio does
+                # once it sees the disconnect). Cancelled half-way, the socket stays
+                # open with nobody reading it: the client's next request hangs.
+                with trio.CancelScope(shield=True):
+                    await original(self, event)
+            else:
+                await original(self, event)
         except trio.BusyResourceError:
             # _close() is sending EOF on this stream right now: the peer is gone.
             await self.protocol.handle(Closed())
