@@ -151,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         certfile=args.certfile,
         keyfile=args.keyfile,
         synchronous=args.synchronous,
+        abandon_after=args.abandon_after,
     )
     trio.run(_serve, config)
     return 0
@@ -372,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
     serve.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    serve.add_argument(
+        "--abandon-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a live message that had no talker for this long (VXS-5.7-3)",
+    )
     serve.set_defaults(sync_func=cmd_serve)
 
     def client(name: str, func: Callable[..., Coroutine[Any, Any, None]], help: str) -> Any:

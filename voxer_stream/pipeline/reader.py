@@ -61,13 +61,16 @@ class _Pacer:
         self._origin: tuple[float, int] | None = None
 
     async def wait(self, chunk: StoredChunk) -> None:
-        if self.speed == 0.0:
-            return
-        if self._origin is None:
-            self._origin = (trio.current_time(), chunk.ts)
+        if self.speed == 0.0 or self._origin is None:
             return
         start, ts0 = self._origin
         await trio.sleep_until(start + (chunk.ts - ts0) / CLOCK_RATE / self.speed)
+
+    def sent(self, chunk: StoredChunk) -> None:
+        """The clock starts when the first chunk has been *sent* (VXS-6.4-1), not when
+        it was due: a first send that blocks must not make the second one early."""
+        if self._origin is None:
+            self._origin = (trio.current_time(), chunk.ts)
 
 
 class ListenSession:
@@ -106,6 +109,12 @@ class ListenSession:
             chunks, duration = live.next_seq, live.end_ts
         else:
             chunks, duration = record.chunks, record.duration
+        if cursor > chunks:
+            raise ProtocolError(
+                ErrorCode.INVALID_LISTEN,
+                f"the message closed with {chunks} chunks, before chunk {cursor}",
+                "VXS-6.1-5",
+            )
         cursor = await self._from_store(record.id, cursor, chunks, pacer)
         await self.sink.send([encode_frame(End(chunks=chunks, duration=duration))])
 
@@ -146,6 +155,7 @@ class ListenSession:
             for frame, chunk in zip(frames, chunks, strict=True):
                 await pacer.wait(chunk)
                 await self.sink.send([frame])
+                pacer.sent(chunk)
 
     async def _follow(self, live: LiveMessage, cursor: int, pacer: _Pacer) -> int:
         """Send from ``cursor`` while the message is live; returns the cursor at close."""
