@@ -340,6 +340,13 @@ class H2Connection:
         self._fail(H2ConnectionError("the connection was closed by the client"))
         await trio.aclose_forcefully(self._sock)
 
+    async def abort(self) -> None:
+        """Drop the TCP connection at once, without GOAWAY: what a network failure
+        looks like to the server (tests and the conformance model use it)."""
+        self._closed = True
+        self._fail(H2ConnectionError("the connection was aborted by the client"))
+        await trio.aclose_forcefully(self._sock)
+
     # -- requests --------------------------------------------------------------
 
     async def request(

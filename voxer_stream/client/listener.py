@@ -78,20 +78,22 @@ async def listen(
                         raise ServerError.from_frame(frame, status)
                     yield frame
                     if isinstance(frame, End):
-                        await _drain(stream)
+                        await _drain(stream, checker)
                         return
             raise ListenInterrupted("the listen stream ended before its end frame")
 
 
-async def _drain(stream: H2Stream) -> None:
+async def _drain(stream: H2Stream, checker: ListenChecker) -> None:
     """Read to END_STREAM before closing the connection: a clean end for the server,
     which otherwise sees a connection reset in the middle of its last write (stock
     hypercorn 0.18 even crashed on that; our server guards against it, others may not).
+    What arrives meanwhile still goes through the checker: a frame after ``end`` is a
+    server violation (VXS-6.3-2, VXS-6.2-6), not something to skip.
     """
     with trio.move_on_after(1.0):
         try:
-            while await stream.receive() is not None:
-                pass
+            while (data := await stream.receive()) is not None:
+                checker.receive_data(data)
         except ClientError:
             pass
 

@@ -42,10 +42,6 @@ __all__ = [
 ]
 
 TICKS_PER_SECOND: Final = 48000
-#: Server errors after which the talker reconnects and resumes (spec section 9).
-RESUMABLE_CODES: Final = frozenset(
-    {ErrorCode.INTERNAL_ERROR, ErrorCode.SHUTTING_DOWN, ErrorCode.IDLE_TIMEOUT}
-)
 CBOR_SEQ: Final = "application/cbor-seq"
 
 
@@ -158,7 +154,10 @@ async def _pump(
 
 def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ServerError):
-        return exc.code in RESUMABLE_CODES
+        # The 5xx group is the server's own condition (INTERNAL_ERROR, SHUTTING_DOWN,
+        # IDLE_TIMEOUT): resume (VXS-9-3). A 5xx code this client does not know is
+        # treated as its group (VXS-9-2), whatever its detail says (VXS-4.11-1).
+        return exc.code // 100 == 5
     return isinstance(exc, ConnectionLost | StreamReset)
 
 
