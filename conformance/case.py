@@ -17,7 +17,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NoReturn
 
 from .spec import requirements as spec_requirements
 
@@ -70,6 +70,7 @@ class Case:
     group: str | None = None
     strict: bool = False
     timeout: float = 30.0
+    order: int = 0
 
     @property
     def level(self) -> str:
@@ -94,11 +95,13 @@ def case(
     group: str | None = None,
     strict: bool | None = None,
     timeout: float = 30.0,
+    order: int = 0,
 ) -> Callable[[CaseFunc], CaseFunc]:
     """Register a case. ``case_id`` is ``"<section>/<slug>"``, e.g. ``"5.3/sequence-gap"``.
 
     A case is strict (run only with ``--strict``) when it cites no MUST-level
-    requirement, unless ``strict`` says otherwise.
+    requirement, unless ``strict`` says otherwise. Cases run in spec order; a case
+    with a higher ``order`` runs after all others (the summing-up claim case).
     """
     index = spec_requirements()
     cited = tuple(requirements)
@@ -124,6 +127,7 @@ def case(
             group=group,
             strict=strict,
             timeout=timeout,
+            order=order,
         )
         return func
 
@@ -139,7 +143,7 @@ def all_cases(role: Role | None = None) -> list[Case]:
     from . import cases  # noqa: F401  (registers the cases)
 
     found = [c for c in _REGISTRY.values() if role is None or c.role == role]
-    return sorted(found, key=lambda c: _section_key(c.section))
+    return sorted(found, key=lambda c: (c.order, _section_key(c.section)))
 
 
 # -- checks -------------------------------------------------------------------
@@ -174,7 +178,7 @@ def expect(condition: object, requirement: str | tuple[str, ...], message: str) 
         raise CaseFailed(requirement, message)
 
 
-def fail(requirement: str | tuple[str, ...], message: str) -> None:
+def fail(requirement: str | tuple[str, ...], message: str) -> NoReturn:
     raise CaseFailed(requirement, message)
 
 
@@ -189,7 +193,7 @@ def note(message: str) -> None:
     _current().info.append(message)
 
 
-def skip(reason: str) -> None:
+def skip(reason: str) -> NoReturn:
     raise CaseSkipped(reason)
 
 

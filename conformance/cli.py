@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from .case import all_cases
-from .context import Context
+from .context import Context, account_arg
 from .report import human_result, list_cases, summary_line, write_json, write_junit
 from .runner import Result, Selection, run_cases
 from .spec import section_titles
@@ -28,15 +28,7 @@ from .spec import section_titles
 GROUPS = {
     "websocket": "the WebSocket binding (section 11)",
     "tls": "HTTP/2 over TLS (needs --tls-server)",
-    "ws-h2": "WebSocket over HTTP/2 extended CONNECT (RFC 8441)",
 }
-
-
-def _account(value: str) -> tuple[str, str]:
-    username, sep, password = value.partition(":")
-    if not sep or not username or not password:
-        raise argparse.ArgumentTypeError("expected USERNAME:PASSWORD")
-    return username, password
 
 
 def server_parser() -> argparse.ArgumentParser:
@@ -51,7 +43,7 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cacert", type=Path, help="CA certificate for --tls-server")
     parser.add_argument(
         "--account",
-        type=_account,
+        type=account_arg,
         action="append",
         default=[],
         metavar="USER:PASS",
@@ -72,6 +64,13 @@ def server_parser() -> argparse.ArgumentParser:
         choices=sorted(GROUPS),
         help="disable an optional feature group",
     )
+    parser.add_argument(
+        "--abandon-after",
+        type=float,
+        metavar="SECONDS",
+        help="the server's period for closing abandoned live messages, if 20 s or less "
+        "(runs the strict case for VXS-5.7-3)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -84,6 +83,7 @@ async def run_suite(args: argparse.Namespace) -> list[Result]:
     ctx = Context(url=args.server.rstrip("/"), timeout=args.timeout, strict=args.strict)
     ctx.tls_url = args.tls_server
     ctx.cacert = args.cacert
+    ctx.abandon_after = args.abandon_after
     unclaimed = {}
     if not args.tls_server:
         unclaimed["tls"] = "no --tls-server given"

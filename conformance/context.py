@@ -9,6 +9,7 @@ holds other data already.
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -49,6 +50,14 @@ def opus_packet(seq: int, salt: bytes = b"", frames_ms: int = 20) -> bytes:
     return bytes([toc]) + seq.to_bytes(4, "big") + salt + bytes(27)
 
 
+def account_arg(value: str) -> tuple[str, str]:
+    """``--account USER:PASS`` on the command lines of the suite and the model."""
+    username, sep, password = value.partition(":")
+    if not sep or not username or not password:
+        raise argparse.ArgumentTypeError("expected USERNAME:PASSWORD")
+    return username, password
+
+
 @dataclass
 class Account:
     username: str
@@ -78,9 +87,14 @@ class Context:
     timeout: float = 10.0
     tls_url: str | None = None
     cacert: Path | None = None
+    #: The server's configured period before it closes a message nobody talks to
+    #: (VXS-5.7-3), when the implementer tells the suite (``--abandon-after``).
+    abandon_after: float | None = None
     strict: bool = False
     prefix: str = field(default_factory=lambda: "cf" + secrets.token_hex(4))
     accounts: dict[str, Account] = field(default_factory=dict)
+    #: The results so far, for the case that sums up the run (``1/server-role``).
+    results: list[Any] = field(default_factory=list)
     _http: httpx.AsyncClient | None = None
 
     # -- set-up ----------------------------------------------------------------
@@ -166,7 +180,7 @@ class Context:
                 method, path, json=json, content=content, headers=all_headers
             )
         except httpx.HTTPError as exc:
-            raise TransportFailure(f"{method} {path}: {exc}") from None
+            raise TransportFailure(f"{method} {path}: {exc!r}") from None
         body: Any = None
         if response.headers.get("content-type", "").startswith("application/json"):
             try:

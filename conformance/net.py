@@ -62,7 +62,8 @@ def _schema() -> pycddl.Schema:
     )
 
 
-_SCHEMA: Final = _schema()
+#: proto/frames.cddl, for whoever checks frames (server frames here, client frames in the peer).
+SCHEMA: Final = _schema()
 
 
 def as_bytes(frame: Frame | bytes) -> bytes:
@@ -72,7 +73,7 @@ def as_bytes(frame: Frame | bytes) -> bytes:
 def check_item(item: bytes) -> Frame:
     """One encoded server frame -> the frame, or ``CaseFailed`` naming what it breaks."""
     try:
-        _SCHEMA.validate_cbor(item)
+        SCHEMA.validate_cbor(item)
     except Exception as exc:  # pycddl raises ValidationError (a plain Exception)
         raise CaseFailed(
             "VXS-3.1-4", f"the server sent a frame that proto/frames.cddl rejects: {exc}"

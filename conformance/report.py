@@ -37,6 +37,8 @@ def case_line(case: Case) -> str:
     ids = ", ".join(case.requirements)
     level = "SHOULD" if case.strict else "MUST"
     group = f" [{case.group}]" if case.group else ""
+    if case.role == "client":
+        group += " [client: python -m conformance peer]"
     return f"{case.id}{group} ({level}; {ids}): {case.title}"
 
 
@@ -80,7 +82,7 @@ def summary_line(results: Sequence[Result]) -> str:
     return (
         f"{c[Verdict.PASS]} passed, {c[Verdict.FAIL]} failed, {c[Verdict.SKIP]} skipped, "
         f"{c[Verdict.ERROR]} errors, {c[Verdict.NON_STRICT]} non-strict, "
-        f"{c[Verdict.DISABLED]} disabled ({len(results)} cases)"
+        f"{c[Verdict.DISABLED]} disabled ({len(results)} case{'s' if len(results) != 1 else ''})"
     )
 
 

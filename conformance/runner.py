@@ -45,8 +45,8 @@ class Selection:
     unclaimed_groups: dict[str, str] = field(default_factory=dict)  # group -> why
 
     def selects(self, case: Case) -> bool:
-        if not self.only:
-            return True
+        if not self.only or case.order > 0:
+            return True  # the summing-up case always runs
         return any(case.id.startswith(p) or p in case.requirements for p in self.only)
 
 
@@ -134,6 +134,7 @@ async def run_cases(
         else:
             result = await run_case(ctx, case)
         results.append(result)
+        ctx.results.append(result)
         if on_result is not None:
             on_result(result)
     return results
