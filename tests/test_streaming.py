@@ -19,6 +19,7 @@ import pycddl
 import pytest
 import trio
 from conftest import RunningServer, User, make_thread, make_user, server_process
+from hypercorn.protocol.h2 import BUFFER_HIGH_WATER, StreamBuffer
 
 from voxer_stream.client.h2conn import H2Connection, H2Stream, StreamReset
 from voxer_stream.wire import (
@@ -398,11 +399,22 @@ async def read_frames(stream: H2Stream) -> list[Frame]:
 
 
 async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
-    server: RunningServer, people
+    server: RunningServer, people, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """VXS-6.5-1, VXS-6.5-2 over sockets: a listener whose HTTP/2 window is full (it
     stopped reading) delays neither the talker's acks nor another listener; when it
-    reads again it gets every chunk once, in order, then the end."""
+    reads again it gets every chunk once, in order, then the end. Meanwhile the server
+    holds a bounded amount for it: hypercorn's per-stream buffer stays near its high
+    water mark instead of growing with the message (the rest waits in storage)."""
+    largest = 0
+    push = StreamBuffer.push
+
+    async def measured_push(self: StreamBuffer, data: bytes) -> None:
+        nonlocal largest
+        largest = max(largest, len(self.buffer) + len(data))
+        await push(self, data)
+
+    monkeypatch.setattr(StreamBuffer, "push", measured_push)
     alice, bob, _, thread = people
     auth = [("authorization", f"Bearer {bob.token}")]
     total = 500
@@ -454,6 +466,8 @@ async def test_stalled_listener_over_http2_delays_nobody_and_misses_nothing(
             assert all(
                 f.packets == big(f.seq).packets for f in stalled_frames if isinstance(f, Chunk)
             )
+            # ~225 KB went past the stalled listener; its buffer held at most ~2 frames.
+            assert largest <= BUFFER_HIGH_WATER + 16384, largest
         finally:
             with trio.CancelScope(shield=True):
                 for conn in (stalled_conn, healthy_conn, talker_conn):

@@ -47,7 +47,7 @@ import trio
 from h2.stream import StreamState
 from hypercorn.events import Closed, Event
 from hypercorn.protocol.events import Body
-from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h2 import BUFFER_LOW_WATER, H2Protocol, StreamBuffer
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as _handle_app
 from hypercorn.trio.tcp_server import TCPServer
@@ -239,6 +239,28 @@ async def _spawn_app_closing_queue(
 setattr(_spawn_app_closing_queue, _INSTALLED, True)
 
 
+async def _pop_then_release_below_low_water(self: StreamBuffer, max_length: int) -> bytes:
+    """hypercorn's ``StreamBuffer.pop``, releasing a blocked ``push`` only when what is
+    *left* falls below the low-water mark.
+
+    The original tests the size of what it popped: ``pop(0)``, which its sender calls
+    whenever the client's window is closed, pops nothing and releases the writer. A
+    listener that stops reading thus made the server buffer the whole message in
+    memory, without limit, and the reader never fell back to storage (VXS-6.5-2).
+    """
+    length = min(len(self.buffer), max_length)
+    data = bytes(self.buffer[:length])
+    del self.buffer[:length]
+    if len(self.buffer) < BUFFER_LOW_WATER:
+        await self._paused.set()
+    if not self.buffer:
+        await self._is_empty.set()
+    return data
+
+
+setattr(_pop_then_release_below_low_water, _INSTALLED, True)
+
+
 def install() -> None:
     """Patch hypercorn once per process (idempotent)."""
     current = H2Protocol._handle_events
@@ -252,6 +274,8 @@ def install() -> None:
         H2Protocol.stream_send = _direct_body(H2Protocol.stream_send)  # type: ignore[method-assign,assignment]
     if not getattr(TaskGroup.spawn_app, _INSTALLED, False):
         TaskGroup.spawn_app = _spawn_app_closing_queue  # type: ignore[method-assign]
+    if not getattr(StreamBuffer.pop, _INSTALLED, False):
+        StreamBuffer.pop = _pop_then_release_below_low_water  # type: ignore[method-assign]
     send = TCPServer.protocol_send
     if not getattr(send, _INSTALLED, False):
         TCPServer.protocol_send = _closed_on_busy(send)  # type: ignore[method-assign,assignment]
