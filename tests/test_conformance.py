@@ -106,6 +106,15 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
     assert sum(int(s.get("tests", 0)) for s in suites) == summary["cases"]
 
 
+@pytest.mark.slow
+def test_the_suite_passes_against_the_in_memory_storage(tmp_path: Path) -> None:
+    """``serve --storage memory`` (the benchmarks' no-op store) speaks the same protocol."""
+    with server_process(tmp_path / "data", "--storage=memory") as server:
+        code, out, report = run_suite(server.url, tmp_path)
+    assert code == 0, out
+    assert report["summary"]["fail"] == report["summary"]["error"] == 0
+
+
 #: fault -> what the report of a whole run must name: from each set, at least one id
 FAULTS = {
     "drop-chunk": [{"VXS-6.2-1"}],

@@ -41,6 +41,7 @@ from voxer_stream.store import (
     StoreError,
     open_store,
 )
+from voxer_stream.store.memory import MemoryData, MemoryStore
 from voxer_stream.store.sqlite import SCHEMA_VERSION, decode_packets, encode_packets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -566,3 +567,12 @@ async def test_acked_chunks_survive_kill_9(tmp_path: Path) -> None:
             record = await store.get_message(f"m{m}")
             assert record is not None
             assert record.chunks == len(stored)
+
+
+class TestMemoryContract(StoreContract):
+    """The in-memory store (benchmarks, ``serve --storage memory``) keeps the contract too."""
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        data = MemoryData()
+        return lambda: MemoryStore(data)

@@ -152,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keyfile=args.keyfile,
         synchronous=args.synchronous,
         abandon_after=args.abandon_after,
+        storage=args.storage,
     )
     trio.run(_serve, config)
     return 0
@@ -373,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
     serve.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    serve.add_argument(
+        "--storage",
+        choices=["sqlite", "memory"],
+        default="sqlite",
+        help="memory keeps nothing across restarts: only for measuring what storage costs",
+    )
     serve.add_argument(
         "--abandon-after",
         type=float,

@@ -21,7 +21,8 @@ from hypercorn.config import Config as HypercornConfig
 from ..pipeline import Hub
 from ..service.identity import Identity
 from ..service.threads import Threads
-from ..store import open_store
+from ..store import Store, open_store
+from ..store.memory import MemoryStore
 from ..wire import MAX_FRAME_SIZE
 from . import hypercorn_fix
 from .app import Router
@@ -43,6 +44,9 @@ class ServerConfig:
     abandon_after: float = 300.0
     #: "FULL" survives power loss; "NORMAL" survives a killed process only.
     synchronous: str = "FULL"
+    #: "sqlite" (durable, the default) or "memory" (nothing survives the process:
+    #: for measuring what storage costs, never for data anyone wants to keep).
+    storage: str = "sqlite"
     max_streams: int = 2000
 
 
@@ -78,10 +82,14 @@ async def run_server(
     last acks and every stream a SHUTTING_DOWN error (VXS-5.6-3) before the server stops."""
     hypercorn_fix.install()
     os.makedirs(config.data_dir, exist_ok=True)
-    async with (
-        open_store(config.data_dir, synchronous=config.synchronous) as store,
-        trio.open_nursery() as nursery,
-    ):
+    if config.storage == "memory":
+        log.warning("storage in memory: acknowledged chunks do NOT survive this process")
+        opened: Store = MemoryStore()
+    elif config.storage == "sqlite":
+        opened = open_store(config.data_dir, synchronous=config.synchronous)
+    else:
+        raise ValueError(f"unknown storage {config.storage!r}")
+    async with opened as store, trio.open_nursery() as nursery:
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
         nursery.start_soon(hub.run_abandon_watchdog)
         services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
