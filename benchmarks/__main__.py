@@ -9,6 +9,9 @@ import sys
 #: Scenario name -> module with ``main(argv: list[str]) -> int``.
 SCENARIOS = {
     "live-latency": "benchmarks.live_latency",
+    "catch-up": "benchmarks.catch_up",
+    "slow-listeners": "benchmarks.slow_listeners",
+    "durability": "benchmarks.durability",
 }
 #: Older stand-alone scripts, run as ``__main__`` with the remaining arguments.
 SCRIPTS = {
