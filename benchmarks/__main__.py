@@ -12,6 +12,7 @@ SCENARIOS = {
     "catch-up": "benchmarks.catch_up",
     "slow-listeners": "benchmarks.slow_listeners",
     "durability": "benchmarks.durability",
+    "capacity": "benchmarks.capacity",
 }
 #: Older stand-alone scripts, run as ``__main__`` with the remaining arguments.
 SCRIPTS = {

@@ -115,10 +115,13 @@ def load_main(
     threads: list[str],
     packets: list[bytes],
     warmup_chunks: int,
+    follow: list[int],
     pipe: Any,
 ) -> None:
     try:
-        result = trio.run(_load, url, tokens, listen_token, threads, packets, warmup_chunks, pipe)
+        result = trio.run(
+            _load, url, tokens, listen_token, threads, packets, warmup_chunks, follow, pipe
+        )
         pipe.send(("done", result.__dict__))
     except BaseException as exc:
         pipe.send(("error", f"load: {exc!r}"))
@@ -132,8 +135,11 @@ async def _load(
     threads: list[str],
     packets: list[bytes],
     warmup_chunks: int,
+    follow: list[int],
     pipe: Any,
 ) -> LoadResult:
+    """Talkers ``tokens`` (one message each) and one listener per entry of ``follow``,
+    which names the talker (index into ``tokens``) whose message it follows."""
     from voxer_stream.client.h2conn import H2Connection
     from voxer_stream.media.opus import packet_duration
     from voxer_stream.wire import Ack, Chunk, Closed, End, Error, FrameDecoder, Open, encode_frame
@@ -204,11 +210,12 @@ async def _load(
                 await stream.end()
 
     async def listener(index: int) -> None:
+        msg = msgs[follow[index]]
         seen: set[int] = set()
         async with await H2Connection.connect(url) as conn:
             stream = await conn.request(
                 "GET",
-                f"/v1/messages/{msgs[0]}/listen",
+                f"/v1/messages/{msg}/listen",
                 [("authorization", f"Bearer {listen_token}")],
                 end_stream=True,
             )
@@ -221,7 +228,7 @@ async def _load(
                     if not counted:
                         counted = True
                         listening[0] += 1
-                        if listening[0] == LISTENERS:
+                        if listening[0] == len(follow):
                             all_listening.set()
                     if isinstance(frame, Chunk):
                         if frame.seq in seen:
@@ -241,10 +248,11 @@ async def _load(
             nursery.start_soon(talker, i)
         with trio.fail_after(60):
             await all_opened.wait()
-        for i in range(LISTENERS):
+        for i in range(len(follow)):
             nursery.start_soon(listener, i)
-        with trio.fail_after(60):
-            await all_listening.wait()
+        if follow:
+            with trio.fail_after(60):
+                await all_listening.wait()
         pipe.send(("ready",))
         (_, t0) = await trio.to_thread.run_sync(pipe.recv)
         t0_box.append(t0)
@@ -272,38 +280,78 @@ def percentiles(values: list[int]) -> dict[str, Any]:
 
 
 def run_once(
-    storage: str, talkers: int, packets: list[bytes], warmup: float, workdir: Path
+    storage: str,
+    talkers: int,
+    packets: list[bytes],
+    warmup: float,
+    workdir: Path,
+    *,
+    listeners_per_talker: int | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
+    """One server, ``talkers`` live messages, listeners, ``processes`` load processes.
+
+    ``listeners_per_talker`` None: ``LISTENERS`` listeners on talker 0's message only
+    (the durability question); a number: that many on every talker's message (capacity).
+    """
     data_dir = workdir / f"data-{storage}-{talkers}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
     server = StorageServer(data_dir, storage)
     ctx = multiprocessing.get_context("spawn")
     warmup_chunks = int(warmup * 1e9 // FRAME_NS)
-    proc = None
+    procs: list[Any] = []
+    pipes: list[Any] = []
     try:
         tokens, listen_token, threads = trio.run(_setup, server.url, talkers)
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=load_main,
-            args=(server.url, tokens, listen_token, threads, packets, warmup_chunks, child),
-        )
-        proc.start()
-        _expect(parent, "ready", 90, "load")
+        for p in range(processes):
+            mine = list(range(p, talkers, processes))
+            if listeners_per_talker is None:
+                follow = [0] * LISTENERS if p == 0 else []
+            else:
+                follow = [i for i in range(len(mine)) for _ in range(listeners_per_talker)]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=load_main,
+                args=(
+                    server.url,
+                    [tokens[i] for i in mine],
+                    listen_token,
+                    [threads[i] for i in mine],
+                    packets,
+                    warmup_chunks,
+                    follow,
+                    child,
+                ),
+            )
+            proc.start()
+            procs.append(proc)
+            pipes.append(parent)
+        for parent in pipes:
+            _expect(parent, "ready", 120, "load")
         t0 = time.monotonic_ns() + 300_000_000
-        parent.send(("go", t0))
+        for parent in pipes:
+            parent.send(("go", t0))
         warm_end = t0 + warmup_chunks * FRAME_NS
         window_end = t0 + len(packets) * FRAME_NS
         time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
         cpu_start = server.cpu_seconds()
         time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
         cpu = server.cpu_seconds() - cpu_start
-        load = _expect(parent, "done", 120 + len(packets) * 0.02, "load")
+        parts = [_expect(parent, "done", 120 + len(packets) * 0.02, "load") for parent in pipes]
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
         server.stop()
+    load: dict[str, Any] = {
+        "ack_us": [v for part in parts for v in part["ack_us"]],
+        "live_us": [v for part in parts for v in part["live_us"]],
+        "acked_in_window": sum(part["acked_in_window"] for part in parts),
+        "lost": sum(part["lost"] for part in parts),
+        "duplicated": sum(part["duplicated"] for part in parts),
+        "errors": [e for part in parts for e in part["errors"]],
+    }
     window_s = (window_end - warm_end) / 1e9
     measured = len(packets) - warmup_chunks
     return {
@@ -318,6 +366,11 @@ def run_once(
         "duplicated": load["duplicated"],
         "errors": load["errors"][:5],
         "server_cpu_share": round(cpu / window_s, 3),
+        "listeners": LISTENERS if listeners_per_talker is None else talkers * listeners_per_talker,
+        "deliveries_per_s": round(len(load["live_us"]) / window_s, 1),
+        "server_cpu_us_per_delivery": round(cpu / len(load["live_us"]) * 1e6, 1)
+        if load["live_us"]
+        else None,
         "server_command": shlex.join(["python", *server.command[1:-1], "TMP"]),
     }
 
