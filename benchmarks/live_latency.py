@@ -23,6 +23,13 @@ first ``--warmup`` seconds are discarded. Server CPU (utime + stime from
 ``/proc/<pid>/stat``) is read over the same measured window and divided by the
 deliveries in it (chunks x listeners). Results: ``<out>/live-latency.json`` and
 ``<out>/live-latency.png``.
+
+``--baseline relay`` (the default without ``--quick``) runs, for each N, the same load
+against ``benchmarks/baselines/relay.py`` too: the same frames relayed from memory over
+raw trio TCP, no HTTP and no storage, the floor for this stack. The two alternate in
+one invocation (voxer, relay, voxer, relay ... ``--rounds`` times, fresh processes each
+run) so that a drift of the shared machine hits both; each variant's rounds are merged
+(percentiles from the merged histograms) and reported with the ratios voxer / relay.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +63,8 @@ FRAME_NS = 20_000_000  # one chunk = one 20 ms Opus packet
 SPIN_S = 0.002
 CBOR_SEQ = "application/cbor-seq"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-URL_RE = re.compile(r"https?://[^\s,]+")
+#: The server's (``http://``) or the relay baseline's (``tcp://``) address on its first line.
+URL_RE = re.compile(r"(?:https?|tcp)://[^\s,]+")
 PACKAGES = ("voxer-stream", "trio", "hypercorn", "h2", "quart-trio", "cbor2", "av", "hdrhistogram")
 
 Conn = multiprocessing.connection.Connection
@@ -93,7 +102,6 @@ async def _talk(
     url: str, token: str, thread: str, msg: str, packets: list[bytes], pipe: Conn
 ) -> TalkerResult:
     from voxer_stream.client.h2conn import H2Connection
-    from voxer_stream.media.opus import packet_duration
     from voxer_stream.wire import Chunk, Error, Open
     from voxer_stream.wire.upload import UploadClient
 
@@ -127,39 +135,59 @@ async def _talk(
                 raise RuntimeError("upload response ended without closed")
             closed.set()
 
-        lags: list[int] = []
+        async def send(chunk: Chunk) -> None:
+            await stream.send(client.send_chunk(chunk))
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_acks)
-            ts = 0
-            for seq, packet in enumerate(packets):
-                intended = t0 + seq * FRAME_NS
-                # epoll's timeout is in whole milliseconds, so a plain sleep wakes up to
-                # ~1 ms late: sleep to 2 ms before, then spin (at most ~10% of a core).
-                delay = (intended - time.monotonic_ns()) / 1e9 - SPIN_S
-                if delay > 0:
-                    await trio.sleep(delay)
-                while time.monotonic_ns() < intended:
-                    pass
-                now = time.monotonic_ns()
-                lags.append(now - intended)
-                result.sent_at.append(now)
-                await stream.send(client.send_chunk(Chunk(seq=seq, ts=ts, packets=(packet,))))
-                ts += packet_duration(packet)
+            await send_on_schedule(packets, t0, send, result)
             await stream.send(client.close())
             await stream.end()
             with trio.fail_after(30):
                 await closed.wait()
+    result.acked = client.acked
+    result.closed = client.closed is not None
+    return result
+
+
+async def send_on_schedule(
+    packets: list[bytes],
+    t0: int,
+    send: Callable[[Any], Awaitable[None]],
+    result: TalkerResult,
+) -> None:
+    """Open loop: hand chunk ``seq`` to ``send`` at ``t0 + seq * FRAME_NS``, whatever happens.
+
+    Shared by the HTTP/2 talker and the relay baseline's talker, so both variants get
+    the same schedule and the same lag accounting; ``send`` encodes and writes.
+    """
+    from voxer_stream.media.opus import packet_duration
+    from voxer_stream.wire import Chunk
+
+    lags: list[int] = []
+    ts = 0
+    for seq, packet in enumerate(packets):
+        intended = t0 + seq * FRAME_NS
+        # epoll's timeout is in whole milliseconds, so a plain sleep wakes up to
+        # ~1 ms late: sleep to 2 ms before, then spin (at most ~10% of a core).
+        delay = (intended - time.monotonic_ns()) / 1e9 - SPIN_S
+        if delay > 0:
+            await trio.sleep(delay)
+        while time.monotonic_ns() < intended:
+            pass
+        now = time.monotonic_ns()
+        lags.append(now - intended)
+        result.sent_at.append(now)
+        await send(Chunk(seq=seq, ts=ts, packets=(packet,)))
+        ts += packet_duration(packet)
     worst = max(range(len(lags)), key=lags.__getitem__, default=0)
     result.worst_lag_seq = worst
     lags.sort()
     result.chunks = len(packets)
-    result.acked = client.acked
-    result.closed = client.closed is not None
     if lags:
         result.send_lag_us_p50 = lags[len(lags) // 2] / 1000
         result.send_lag_us_p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] / 1000
         result.send_lag_us_max = lags[-1] / 1000
-    return result
 
 
 # -- the listener processes ---------------------------------------------------
@@ -283,7 +311,15 @@ async def _listen_one(
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
+    """CPU time (user + system, all threads, exited ones too) of process ``pid`` in seconds.
+
+    Read from the process's CPU-time clock (``clock_getcpuclockid``: the clock id is
+    ``(~pid << 3) | CPUCLOCK_SCHED``), which counts in nanoseconds. ``/proc/<pid>/stat``
+    (the fallback) counts in 10 ms ticks: the relay baseline uses ~0.1 s of CPU in a
+    20 s run at N = 1, where ticks would be a 10 % error.
+    """
+    with contextlib.suppress(OSError):
+        return time.clock_gettime((~pid << 3) | 2)
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -292,8 +328,10 @@ def cpu_seconds(pid: int) -> float:
 class Server:
     """The shipped server as a child process; ``url`` from its first stdout line."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.command = [
+    def __init__(
+        self, data_dir: Path, command: list[str] | None = None, stderr_name: str = "server.stderr"
+    ) -> None:
+        self.command = command or [
             sys.executable,
             "-m",
             "voxer_stream",
@@ -303,7 +341,7 @@ class Server:
             "--data-dir",
             str(data_dir),
         ]
-        self.stderr = open(data_dir.parent / "server.stderr", "wb")  # noqa: SIM115
+        self.stderr = open(data_dir.parent / stderr_name, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
@@ -397,46 +435,86 @@ def listener_processes(n: int, requested: int | None) -> int:
     return 1 if n <= 10 else min(4, max(2, (os.cpu_count() or 2)))
 
 
+RELAY_COMMAND = ["-m", "benchmarks.baselines.relay", "--port", "0"]
+#: What ``--baseline`` can compare the server against (``benchmarks/baselines/``).
+BASELINES = ("relay",)
+
+
 def run_once(
-    args: argparse.Namespace, n: int, packets: list[bytes], workdir: Path
+    args: argparse.Namespace,
+    n: int,
+    packets: list[bytes],
+    workdir: Path,
+    variant: str = "voxer",
+    tag: str = "",
 ) -> dict[str, Any]:
+    """One run of N listeners against ``variant`` (``voxer``: the shipped server;
+    ``relay``: the raw-TCP baseline); the result dict, see ``measure``."""
+    return measure(args, n, packets, workdir, variant, tag)[0]
+
+
+def measure(
+    args: argparse.Namespace,
+    n: int,
+    packets: list[bytes],
+    workdir: Path,
+    variant: str = "voxer",
+    tag: str = "",
+) -> tuple[dict[str, Any], Any, Any]:
+    """One run: (result, latency histogram, latency-from-send histogram).
+
+    The histograms (HDR, microseconds) are returned so that rounds of the same variant
+    can be merged into one set of percentiles.
+    """
     from hdrh.histogram import HdrHistogram
 
-    data_dir = workdir / f"data-{n}"
+    relay = variant == "relay"
+    data_dir = workdir / f"data-{variant}-{n}{tag}"
     data_dir.mkdir()
-    server = Server(data_dir)
+    command = [sys.executable, *RELAY_COMMAND] if relay else None
+    server = Server(data_dir, command, stderr_name=f"{data_dir.name}.stderr")
     ctx = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     finished = False
+    nprocs = listener_processes(n, args.listener_procs)
+    recording = list(range(min(args.record, n)))
     try:
-        talk_token, listen_token, thread = trio.run(setup_accounts, server.url)
         msg = f"bench-{uuid.uuid4().hex[:16]}"
         talker_pipe, child = ctx.Pipe()
-        talker = ctx.Process(
-            target=talker_main, args=(server.url, talk_token, thread, msg, packets, child)
-        )
+        if relay:
+            from benchmarks.baselines.relay import relay_listener_main, relay_talker_main
+
+            talker = ctx.Process(target=relay_talker_main, args=(server.url, msg, packets, child))
+        else:
+            talk_token, listen_token, thread = trio.run(setup_accounts, server.url)
+            talker = ctx.Process(
+                target=talker_main, args=(server.url, talk_token, thread, msg, packets, child)
+            )
         talker.start()
         procs.append(talker)
         _expect(talker_pipe, "opened", 30, "talker")
 
-        nprocs = listener_processes(n, args.listener_procs)
-        recording = list(range(min(args.record, n)))
         listener_pipes = []
         for p in range(nprocs):
             indexes = [i for i in range(n) if i % nprocs == p]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=listener_main,
-                args=(
-                    server.url,
-                    listen_token,
-                    msg,
-                    indexes,
-                    recording,
-                    args.streams_per_conn,
-                    child,
-                ),
-            )
+            if relay:
+                proc = ctx.Process(
+                    target=relay_listener_main, args=(server.url, msg, indexes, recording, child)
+                )
+            else:
+                proc = ctx.Process(
+                    target=listener_main,
+                    args=(
+                        server.url,
+                        listen_token,
+                        msg,
+                        indexes,
+                        recording,
+                        args.streams_per_conn,
+                        child,
+                    ),
+                )
             proc.start()
             procs.append(proc)
             listener_pipes.append(parent)
@@ -482,23 +560,25 @@ def run_once(
     cpu = cpu_end - cpu_start
     errors = [x["error"] for x in listeners if x["error"]]
     shared = n - len(recording)
-    connections = (
-        len(recording)
-        + sum(
+    if relay:
+        connections = n  # raw TCP: one connection per listener
+    elif shared:
+        connections = len(recording) + sum(
             math.ceil(
                 len([i for i in range(n) if i % nprocs == p and i not in recording])
                 / args.streams_per_conn
             )
             for p in range(nprocs)
         )
-        if shared
-        else len(recording)
-    )
+    else:
+        connections = len(recording)
+    if relay:
+        server_command = shlex.join(["python", *RELAY_COMMAND])
+    else:
+        server_command = shlex.join(["python", *server.command[1:-1], "TMP"])
 
-    def ms(value: float) -> float:
-        return round(value / 1000, 3)
-
-    return {
+    result = {
+        "variant": variant,
         "listeners": n,
         "listener_processes": nprocs,
         "connections": connections,
@@ -514,24 +594,9 @@ def run_once(
         "duplicated": sum(x["duplicated"] for x in listeners),
         "ended": sum(1 for x in listeners if x["ended"]),
         "errors": errors[:5],
-        "samples": histogram.get_total_count(),
-        "latency_ms": {
-            "p50": ms(histogram.get_value_at_percentile(50)),
-            "p90": ms(histogram.get_value_at_percentile(90)),
-            "p99": ms(histogram.get_value_at_percentile(99)),
-            "p99_9": ms(histogram.get_value_at_percentile(99.9)),
-            "max": ms(histogram.get_max_value()),
-            "mean": ms(histogram.get_mean_value()),
-        },
-        # Secondary: from the talker's actual send (excludes its own scheduling lag).
-        "latency_from_send_ms": {
-            "p50": ms(from_send.get_value_at_percentile(50)),
-            "p99": ms(from_send.get_value_at_percentile(99)),
-            "p99_9": ms(from_send.get_value_at_percentile(99.9)),
-            "max": ms(from_send.get_max_value()),
-        },
+        **_latency_fields(histogram, from_send),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
-        "server_cpu_s": round(cpu, 3),
+        "server_cpu_s": round(cpu, 6),
         "server_cpu_us_per_delivery": round(cpu / deliveries * 1e6, 2) if deliveries else None,
         "server_cpu_us_per_chunk": round(cpu / measured_chunks * 1e6, 1),
         "server_cpu_share": round(cpu / ((window_end - warm_end) / 1e9), 3),
@@ -545,8 +610,113 @@ def run_once(
         "talker_closed": talker_result["closed"],
         "server_exit": server.proc.returncode,
         "server_stderr_tail": server.stderr_tail() if errors else "",
-        "server_command": shlex.join(["python", *server.command[1:-1], "TMP"]),
+        "server_command": server_command,
     }
+    return result, histogram, from_send
+
+
+def _ms(value: float) -> float:
+    return round(value / 1000, 3)
+
+
+def _latency_fields(histogram: Any, from_send: Any) -> dict[str, Any]:
+    return {
+        "samples": histogram.get_total_count(),
+        "latency_ms": {
+            "p50": _ms(histogram.get_value_at_percentile(50)),
+            "p90": _ms(histogram.get_value_at_percentile(90)),
+            "p99": _ms(histogram.get_value_at_percentile(99)),
+            "p99_9": _ms(histogram.get_value_at_percentile(99.9)),
+            "max": _ms(histogram.get_max_value()),
+            "mean": _ms(histogram.get_mean_value()),
+        },
+        # Secondary: from the talker's actual send (excludes its own scheduling lag).
+        "latency_from_send_ms": {
+            "p50": _ms(from_send.get_value_at_percentile(50)),
+            "p99": _ms(from_send.get_value_at_percentile(99)),
+            "p99_9": _ms(from_send.get_value_at_percentile(99.9)),
+            "max": _ms(from_send.get_max_value()),
+        },
+    }
+
+
+SUMMED = (
+    "chunks_sent",
+    "measured_chunks",
+    "deliveries_expected",
+    "deliveries_received",
+    "lost",
+    "reordered",
+    "duplicated",
+    "ended",
+    "server_cpu_s",
+)
+
+
+def merge_rounds(runs: list[tuple[dict[str, Any], Any, Any]]) -> dict[str, Any]:
+    """One variant's rounds as one result: counts summed, percentiles from the merged
+    histograms, CPU per delivery = all CPU / all deliveries; ``rounds`` keeps each."""
+    from hdrh.histogram import HdrHistogram
+
+    results = [result for result, _, _ in runs]
+    histogram = HdrHistogram(1, 60_000_000, 3)
+    from_send = HdrHistogram(1, 60_000_000, 3)
+    for _, hist, sent in runs:
+        histogram.add(hist)
+        from_send.add(sent)
+    merged = dict(results[0])
+    for key in SUMMED:
+        merged[key] = sum(r[key] for r in results)
+    merged.update(_latency_fields(histogram, from_send))
+    cpu, chunks, n = merged["server_cpu_s"], merged["measured_chunks"], merged["listeners"]
+    merged["server_cpu_s"] = round(cpu, 6)
+    merged["server_cpu_us_per_delivery"] = round(cpu / (chunks * n) * 1e6, 2) if chunks else None
+    merged["server_cpu_us_per_chunk"] = round(cpu / chunks * 1e6, 1) if chunks else None
+    for key in ("server_cpu_share", "clients_cpu_share"):
+        merged[key] = round(sum(r[key] for r in results) / len(results), 3)
+    merged["loadavg_1min_after"] = max(r["loadavg_1min_after"] for r in results)
+    worst = max(results, key=lambda r: r["talker_send_lag_us"]["max"])
+    merged["talker_send_lag_us"] = {
+        "p50": max(r["talker_send_lag_us"]["p50"] for r in results),
+        "p99": max(r["talker_send_lag_us"]["p99"] for r in results),
+        "max": worst["talker_send_lag_us"]["max"],
+        "worst_seq": worst["talker_send_lag_us"]["worst_seq"],
+    }
+    merged["errors"] = [e for r in results for e in r["errors"]][:5]
+    merged["talker_closed"] = all(r["talker_closed"] for r in results)
+    merged["server_exit"] = next((r["server_exit"] for r in results if r["server_exit"]), 0)
+    merged["server_stderr_tail"] = "\n".join(
+        r["server_stderr_tail"] for r in results if r["server_stderr_tail"]
+    )
+    merged["rounds"] = results
+    return merged
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _cpu_per_delivery(result: dict[str, Any]) -> float | None:
+    deliveries = result["measured_chunks"] * result["listeners"]
+    return result["server_cpu_s"] / deliveries if deliveries else None
+
+
+def ratios(voxer: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """voxer / baseline: latency percentiles and server CPU per delivery (> 1: voxer costs
+    more). ``per_round`` pairs round i of each, to show how much one ratio moves."""
+
+    def one(v: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+        lat_v, lat_b = v["latency_ms"], b["latency_ms"]
+        return {
+            "latency_p50": _ratio(lat_v["p50"], lat_b["p50"]),
+            "latency_p99": _ratio(lat_v["p99"], lat_b["p99"]),
+            "latency_p99_9": _ratio(lat_v["p99_9"], lat_b["p99_9"]),
+            "latency_max": _ratio(lat_v["max"], lat_b["max"]),
+            "cpu_per_delivery": _ratio(_cpu_per_delivery(v), _cpu_per_delivery(b)),
+        }
+
+    pairs = zip(voxer.get("rounds", [voxer]), base.get("rounds", [base]), strict=True)
+    return {**one(voxer, base), "per_round": [one(v, b) for v, b in pairs]}
 
 
 # -- report -------------------------------------------------------------------
@@ -574,32 +744,83 @@ def machine() -> dict[str, Any]:
     }
 
 
+LATENCY_KEYS = (("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9"), ("max", "max"))
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Latency percentiles vs N; with a baseline, its percentiles dashed in the same
+    colours, and a second panel with server CPU per delivery of both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ns = [r["listeners"] for r in results]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label in (("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9"), ("max", "max")):
-        ax.plot(ns, [r["latency_ms"][key] for r in results], marker="o", label=label)
+    base_name = results[0].get("baseline", {}).get("name") if results else None
+    if base_name:
+        fig, (ax, cpu_ax) = plt.subplots(1, 2, figsize=(11, 4.4))
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # With a baseline, max is left to the JSON: eight lines would hide each other.
+    keys = LATENCY_KEYS[:3] if base_name else LATENCY_KEYS
+    for (key, label), colour in zip(keys, colours, strict=False):
+        values = [r["latency_ms"][key] for r in results]
+        ax.plot(
+            ns, values, marker="o", color=colour, label=f"voxer {label}" if base_name else label
+        )
+        if base_name:
+            base = [r["baseline"]["latency_ms"][key] for r in results]
+            ax.plot(
+                ns, base, marker="s", linestyle="--", color=colour, label=f"{base_name} {label}"
+            )
     ax.plot(
         [100], [31], marker="x", linestyle="", color="black", label="stock hypercorn p99 (notes)"
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("live listeners (HTTP/2)")
+    ax.set_xlabel("live listeners")
     ax.set_ylabel("latency, intended send to receipt (ms)")
-    ax.set_title("voxer-stream live latency, 20 ms Opus chunks")
+    title = "live latency, 20 ms Opus chunks"
+    ax.set_title(f"voxer (HTTP/2) vs {base_name} (raw TCP): {title}" if base_name else title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left")
+    if base_name:
+        cpu_ax.plot(
+            ns, [r["server_cpu_us_per_delivery"] for r in results], marker="o", label="voxer"
+        )
+        cpu_ax.plot(
+            ns,
+            [r["baseline"]["server_cpu_us_per_delivery"] for r in results],
+            marker="s",
+            linestyle="--",
+            label=base_name,
+        )
+        for n, r in zip(ns, results, strict=True):
+            if r["ratio"]["cpu_per_delivery"]:
+                cpu_ax.annotate(
+                    f"x{r['ratio']['cpu_per_delivery']}",
+                    (n, r["server_cpu_us_per_delivery"]),
+                    textcoords="offset points",
+                    xytext=(4, 6),
+                    fontsize="small",
+                )
+        cpu_ax.margins(x=0.15)  # room for the last ratio label
+        cpu_ax.set_xscale("log")
+        cpu_ax.set_yscale("log")
+        cpu_ax.set_xlabel("live listeners")
+        cpu_ax.set_ylabel("server CPU per delivery (us)")
+        cpu_ax.set_title("server CPU per delivered chunk")
+        cpu_ax.grid(True, which="both", alpha=0.3)
+        cpu_ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    if results and "baseline" in results[0]:
+        return baseline_table(results)
     lines = [
         "| N | p50 ms | p99 ms | p99.9 ms | max ms | samples | lost/reord/dup | CPU us/delivery |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -614,6 +835,31 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def baseline_table(results: list[dict[str, Any]]) -> str:
+    """voxer | baseline | voxer/baseline for p50, p99, p99.9 and CPU per delivery."""
+    name = results[0]["baseline"]["name"]
+    lines = [
+        f"voxer vs {name}, all rounds merged; x = voxer / {name}",
+        f"| N | p50 ms voxer | {name} | x | p99 ms voxer | {name} | x "
+        f"| p99.9 ms voxer | {name} | x | CPU us/delivery voxer | {name} | x "
+        f"| samples each | lost/reord/dup voxer, {name} |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        b, x = r["baseline"], r["ratio"]
+        lat, blat = r["latency_ms"], b["latency_ms"]
+        lines.append(
+            f"| {r['listeners']} | {lat['p50']} | {blat['p50']} | {x['latency_p50']} "
+            f"| {lat['p99']} | {blat['p99']} | {x['latency_p99']} "
+            f"| {lat['p99_9']} | {blat['p99_9']} | {x['latency_p99_9']} "
+            f"| {r['server_cpu_us_per_delivery']} | {b['server_cpu_us_per_delivery']} "
+            f"| {x['cpu_per_delivery']} | {r['samples']}, {b['samples']} "
+            f"| {r['lost']}/{r['reordered']}/{r['duplicated']}, "
+            f"{b['lost']}/{b['reordered']}/{b['duplicated']} |"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks live-latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 s runs, N = 1 and 10 only")
@@ -623,15 +869,90 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--record", type=int, default=5, help="recording listeners per run")
     parser.add_argument("--streams-per-conn", type=int, default=50)
     parser.add_argument("--listener-procs", type=int, default=None, help="default: by N")
+    parser.add_argument(
+        "--baseline",
+        choices=[*BASELINES, "none"],
+        default=None,
+        help="run a baseline alternately with the server, report ratios "
+        "(default: relay; none with --quick)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="A/B rounds per N with a baseline (2; 1 --quick)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 3.0 if args.quick else 20.0
     if args.listeners is None:
         args.listeners = [1, 10] if args.quick else [1, 10, 100]
+    if args.baseline is None:
+        args.baseline = "none" if args.quick else "relay"
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.duration <= args.warmup:
         parser.error("--duration must be longer than --warmup")
     return args
+
+
+def marginal_cpu(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Server CPU per chunk per extra listener, from the smallest to the largest N.
+
+    CPU per delivery at one N mixes the fixed cost of a chunk (ingest: receive, decode,
+    for voxer also the Opus check, SQLite commit and ack) with the fan-out; the slope
+    between two N is the fan-out alone, the figure STACK-NOTES quotes (~20 us per
+    delivery over raw trio TCP, ~100 us through stock hypercorn).
+    """
+    low = min(results, key=lambda r: r["listeners"])
+    high = max(results, key=lambda r: r["listeners"])
+    name = high["baseline"]["name"]
+
+    def slope(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+        if b["listeners"] == a["listeners"]:
+            return None
+        per_chunk = [r["server_cpu_s"] / r["measured_chunks"] * 1e6 for r in (a, b)]
+        return round((per_chunk[1] - per_chunk[0]) / (b["listeners"] - a["listeners"]), 1)
+
+    voxer, base = slope(low, high), slope(low["baseline"], high["baseline"])
+    return {
+        "between": [low["listeners"], high["listeners"]],
+        "voxer": voxer,
+        name: base,
+        "ratio": _ratio(voxer, base),
+    }
+
+
+def _summary(result: dict[str, Any]) -> str:
+    lat = result["latency_ms"]
+    return (
+        f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p99_9']} ms"
+        f"  max {lat['max']} ms  samples {result['samples']}  lost {result['lost']}"
+        f"  cpu {result['server_cpu_us_per_delivery']} us/delivery"
+    )
+
+
+def run_n(args: argparse.Namespace, n: int, packets: list[bytes], workdir: Path) -> dict[str, Any]:
+    """All runs for one N: the server alone, or server and baseline alternately
+    (A, B, A, B ... ``--rounds`` times), so slow drifts of a shared machine (other
+    load, thermal, page cache) hit both about equally and the ratio stays fair."""
+    if args.baseline == "none":
+        result = run_once(args, n, packets, workdir)
+        print(f"N={n:<4} {_summary(result)}", flush=True)
+        return result
+    runs: dict[str, list[tuple[dict[str, Any], Any, Any]]] = {"voxer": [], args.baseline: []}
+    for k in range(args.rounds):
+        for variant in runs:
+            run = measure(args, n, packets, workdir, variant, tag=f"-r{k}")
+            runs[variant].append(run)
+            print(
+                f"N={n:<4} {variant:<6} round {k + 1}/{args.rounds}  {_summary(run[0])}", flush=True
+            )
+    voxer = merge_rounds(runs["voxer"])
+    base = merge_rounds(runs[args.baseline])
+    voxer["baseline"] = {"name": args.baseline, **base}
+    voxer["ratio"] = {"of": f"voxer / {args.baseline}", **ratios(voxer, base)}
+    return voxer
 
 
 def main(argv: list[str]) -> int:
@@ -643,36 +964,46 @@ def main(argv: list[str]) -> int:
         workdir = Path(tmp)
         packets = opus_packets(count, workdir)
         for n in args.listeners:
-            result = run_once(args, n, packets, workdir)
-            results.append(result)
-            lat = result["latency_ms"]
-            print(
-                f"N={n:<4} p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p99_9']} ms"
-                f"  max {lat['max']} ms  samples {result['samples']}  lost {result['lost']}"
-                f"  cpu {result['server_cpu_us_per_delivery']} us/delivery",
-                flush=True,
-            )
+            results.append(run_n(args, n, packets, workdir))
+    config: dict[str, Any] = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "chunk_ms": 20,
+        "packets_per_chunk": 1,
+        "opus_bytes_mean": round(sum(map(len, packets)) / len(packets), 1),
+        "recording_listeners": args.record,
+        "streams_per_connection": args.streams_per_conn,
+        "server": results[0]["server_command"] if results else "",
+        "transport": "HTTP/2 cleartext (h2c prior knowledge), TCP_NODELAY on clients",
+        "baseline": args.baseline,
+    }
+    if args.baseline != "none":
+        config["rounds"] = args.rounds
+        config["order"] = "per N: " + ", ".join(["voxer", args.baseline] * args.rounds)
+        config["baseline_server"] = shlex.join(["python", *RELAY_COMMAND])
+        config["baseline_transport"] = (
+            "raw TCP (trio), CBOR chunk frames delimited by CBOR, one connection per "
+            "listener, TCP_NODELAY both ends; no HTTP, no auth, no storage"
+        )
     report = {
         "scenario": "live-latency",
         "command": command,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "config": {
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "chunk_ms": 20,
-            "packets_per_chunk": 1,
-            "opus_bytes_mean": round(sum(map(len, packets)) / len(packets), 1),
-            "recording_listeners": args.record,
-            "streams_per_connection": args.streams_per_conn,
-            "server": results[0]["server_command"] if results else "",
-            "transport": "HTTP/2 cleartext (h2c prior knowledge), TCP_NODELAY on clients",
-        },
+        "config": config,
         "results": results,
     }
+    if args.baseline != "none" and len(results) >= 2:
+        report["marginal_cpu_us_per_listener"] = marginal_cpu(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "live-latency.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out / "live-latency.png")
     print(table(results))
+    if "marginal_cpu_us_per_listener" in report:
+        m = report["marginal_cpu_us_per_listener"]
+        print(
+            f"server CPU per extra listener (N = {m['between'][0]} to {m['between'][1]}): "
+            f"voxer {m['voxer']} us, {args.baseline} {m[args.baseline]} us, x {m['ratio']}"
+        )
     print(f"wrote {args.out / 'live-latency.json'} and {args.out / 'live-latency.png'}")
     return 0
