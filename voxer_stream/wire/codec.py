@@ -4,7 +4,7 @@ A stream of frames is a CBOR sequence: items back to back, no delimiter. The
 decoder must find where each item ends before it is complete, so that it can
 refuse an oversized frame as soon as its head announces the size (VXS-3.2-1)
 instead of buffering it, and so that feeding bytes one at a time costs no more
-than feeding them whole. ``_item_end`` walks the item heads (RFC 8949 section
+than feeding them whole. ``_scan`` walks the item heads (RFC 8949 section
 3) without building values; cbor2 then decodes exactly the bytes of one item.
 """
 
@@ -47,6 +47,8 @@ class _Scanner:
         self.buf = buf
         self.limit = limit
         self.pos = 0
+        #: Map entries seen: the duplicate-key check compares it with what cbor2 kept.
+        self.keys = 0
 
     def byte(self) -> int:
         if self.pos >= len(self.buf):
@@ -92,11 +94,15 @@ class _Scanner:
             per_entry = 1 if major == 4 else 2
             if info == 31:
                 while self.peek() != _BREAK:
+                    if major == 5:
+                        self.keys += 1
                     for _ in range(per_entry):
                         self.item(depth + 1)
                 self.pos += 1
             else:
                 count = self.argument(info)
+                if major == 5:
+                    self.keys += count
                 for _ in range(count * per_entry):
                     self.item(depth + 1)
         elif major == 6:
@@ -127,8 +133,9 @@ class _Scanner:
             self.skip(self.argument(initial & 0x1F))
 
 
-def _item_end(buf: bytes | bytearray, limit: int) -> int | None:
-    """Length of the first item in ``buf``, or None when more bytes are needed."""
+def _scan(buf: bytes | bytearray, limit: int) -> _Scanner | None:
+    """The scan of the first item in ``buf`` (its length is ``pos``), or None when
+    more bytes are needed."""
     scanner = _Scanner(buf, limit)
     try:
         scanner.item(0)
@@ -136,7 +143,7 @@ def _item_end(buf: bytes | bytearray, limit: int) -> int | None:
         if len(buf) >= limit:
             raise _too_large(len(buf), limit) from None
         return None
-    return scanner.pos
+    return scanner
 
 
 def decode_item(data: bytes) -> object:
@@ -177,28 +184,27 @@ def decode_frame(data: bytes) -> Frame:
     """Decode one complete encoded frame; any problem is a ``ProtocolError``."""
     if len(data) > MAX_FRAME_SIZE:
         raise _too_large(len(data), MAX_FRAME_SIZE)
-    end = _item_end(data, MAX_FRAME_SIZE)
-    if end is None:
+    scan = _scan(data, MAX_FRAME_SIZE)
+    if scan is None:
         raise _malformed("truncated CBOR item")
-    if end != len(data):
+    if scan.pos != len(data):
         raise _malformed("bytes after the end of the frame")
+    return _decode_scanned(data, scan.keys)
+
+
+def _decode_scanned(data: bytes, map_entries: int) -> Frame:
+    """Decode one item that ``_scan`` has delimited and checked (one scan per frame:
+    the scan also counted the map entries for the duplicate-key check)."""
     obj = decode_item(data)
     if problem := _non_text_key(obj):
         raise ProtocolError(ErrorCode.INVALID_FRAME, problem, "VXS-3.1-4")
     if problem := _unusual_value(obj):
         raise ProtocolError(ErrorCode.INVALID_FRAME, problem, "VXS-3.1-4")
-    _check_duplicate_keys(data, obj)
-    return frame_from_obj(obj)
-
-
-def _check_duplicate_keys(data: bytes, decoded: object) -> None:
-    """A map with the same key twice is not a valid frame (RFC 8949 section 5.6).
-
-    cbor2 keeps the last of duplicate keys silently, so compare the number of
-    map entries in the encoding with the number of keys that survived decoding.
-    """
-    if _count_map_keys(data) != _count_dict_keys(decoded):
+    # cbor2 keeps the last of duplicate keys silently (RFC 8949 section 5.6): a map
+    # with the same key twice shows as fewer keys decoded than entries encoded.
+    if map_entries != _count_dict_keys(obj):
         raise ProtocolError(ErrorCode.INVALID_FRAME, "a map has the same key twice", "VXS-3.1-4")
+    return frame_from_obj(obj)
 
 
 def _count_dict_keys(obj: object) -> int:
@@ -207,47 +213,6 @@ def _count_dict_keys(obj: object) -> int:
     if isinstance(obj, list):
         return sum(_count_dict_keys(v) for v in obj)
     return 0
-
-
-def _count_map_keys(data: bytes) -> int:
-    """Number of map entries in the encoding (walks heads like ``_Scanner``)."""
-    counter = _KeyCounter(data, len(data))
-    counter.item(0)
-    return counter.keys
-
-
-class _KeyCounter(_Scanner):
-    keys = 0
-
-    def item(self, depth: int) -> None:
-        initial = self.peek()
-        major, info = initial >> 5, initial & 0x1F
-        if major == 5:
-            if info == 31:
-                self.pos += 1
-                while self.peek() != _BREAK:
-                    self.keys += 1
-                    self.item(depth + 1)
-                    self.item(depth + 1)
-                self.pos += 1
-            else:
-                self.pos += 1
-                count = self.argument(info)
-                self.keys += count
-                for _ in range(count * 2):
-                    self.item(depth + 1)
-            return
-        if major == 4:
-            self.pos += 1
-            if info == 31:
-                while self.peek() != _BREAK:
-                    self.item(depth + 1)
-                self.pos += 1
-            else:
-                for _ in range(self.argument(info)):
-                    self.item(depth + 1)
-            return
-        super().item(depth)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -283,12 +248,12 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         try:
-            end = _item_end(self._buf, self._limit)
-            if end is None:
+            scan = _scan(self._buf, self._limit)
+            if scan is None:
                 raise StopIteration
-            data = bytes(self._buf[:end])
-            del self._buf[:end]
-            return decode_frame(data)
+            data = bytes(self._buf[: scan.pos])
+            del self._buf[: scan.pos]
+            return _decode_scanned(data, scan.keys)
         except ProtocolError as exc:
             self._error = exc
             raise
