@@ -391,6 +391,20 @@ class Server:
         self.stderr.close()
 
 
+def measure_window(
+    server: Server, procs: list[Any], warm_end: int, window_end: int
+) -> tuple[float, float]:
+    """Sleep through the warm-up, then measure CPU seconds over the window up to
+    ``window_end`` (monotonic ns): the server's, and the load generators' ``procs``."""
+    time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
+    cpu_start = server.cpu_seconds()
+    clients_start = sum(cpu_seconds(proc.pid) for proc in procs)
+    time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
+    server_cpu = server.cpu_seconds() - cpu_start
+    clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs) - clients_start
+    return server_cpu, clients_cpu
+
+
 async def setup_accounts(url: str) -> tuple[str, str, str]:
     """Two accounts and a thread: (talker token, listener token, thread id)."""
     from voxer_stream.client.rest import Rest
@@ -525,12 +539,7 @@ def measure(
         talker_pipe.send(("go", t0))
         warm_end = t0 + int(args.warmup * 1e9)
         window_end = t0 + len(packets) * FRAME_NS
-        time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
-        cpu_start = server.cpu_seconds()
-        clients_start = sum(cpu_seconds(proc.pid) for proc in procs)
-        time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
-        cpu_end = server.cpu_seconds()
-        clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs) - clients_start
+        cpu, clients_cpu = measure_window(server, procs, warm_end, window_end)
 
         timeout = 60 + len(packets) * 0.02
         talker_result = _expect(talker_pipe, "done", timeout, "talker")
@@ -557,7 +566,6 @@ def measure(
                 from_send.record_value(max(1, round((arrived - sent_at[seq]) / 1000)))
     measured_chunks = len(packets) - first_measured
     deliveries = measured_chunks * n
-    cpu = cpu_end - cpu_start
     errors = [x["error"] for x in listeners if x["error"]]
     shared = n - len(recording)
     if relay:

@@ -62,6 +62,7 @@ from .live_latency import (
     cpu_seconds,
     listener_processes,
     machine,
+    measure_window,
     opus_packets,
     setup_accounts,
     talker_main,
@@ -351,12 +352,7 @@ def run_once(
         sampler.start()
         talker_pipe.send(("go", t0))
         stall_pipe.send(("go", warm_end if stalled_mode else None))
-        time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
-        cpu_start = server.cpu_seconds()
-        clients_start = sum(cpu_seconds(proc.pid) for proc in procs)
-        time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
-        cpu_end = server.cpu_seconds()
-        clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs) - clients_start
+        cpu, clients_cpu = measure_window(server, procs, warm_end, window_end)
 
         timeout = 60 + len(packets) * 0.02
         talker_result = _expect(talker_pipe, "done", timeout, "talker")
@@ -396,7 +392,6 @@ def run_once(
     healthy_conns = sum(
         math.ceil(len(healthy[p::nprocs]) / args.streams_per_conn) for p in range(nprocs)
     )
-    cpu = cpu_end - cpu_start
     measured_s = (window_end - warm_end) / 1e9
     return {
         "mode": mode,
