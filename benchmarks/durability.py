@@ -24,10 +24,8 @@ import argparse
 import json
 import multiprocessing
 import shlex
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,32 +48,21 @@ from .live_latency import (
 LISTENERS = 5
 
 
-class StorageServer(Server):
-    """The shipped server with ``--storage``; stopping, CPU and URL as ``Server``."""
-
-    def __init__(self, data_dir: Path, storage: str) -> None:  # its own command line
-        self.command = [
-            sys.executable,
-            "-m",
-            "voxer_stream",
-            "serve",
-            "--port",
-            "0",
-            "--storage",
-            storage,
-            "--data-dir",
-            str(data_dir),
-        ]
-        self.stderr = open(data_dir.parent / f"{data_dir.name}.stderr", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.command,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        self.url = self._read_url(30.0)
-        assert self.proc.stdout is not None
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain
+def storage_server(data_dir: Path, storage: str) -> Server:
+    """The shipped server with ``--storage``, started and stopped as ``live_latency.Server``."""
+    command = [
+        sys.executable,
+        "-m",
+        "voxer_stream",
+        "serve",
+        "--port",
+        "0",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(data_dir),
+    ]
+    return Server(data_dir, command, stderr_name=f"{data_dir.name}.stderr")
 
 
 @dataclass
@@ -199,6 +186,8 @@ async def _load(
                     delay = (intended - time.monotonic_ns()) / 1e9 - SPIN_S
                     if delay > 0:
                         await trio.sleep(delay)
+                    # Not live_latency.send_on_schedule: its busy spin would hold up
+                    # every other talker of this process; here the spin yields.
                     while time.monotonic_ns() < intended:
                         await trio.lowlevel.checkpoint()
                     sent_at[seq] = time.monotonic_ns()
@@ -296,7 +285,7 @@ def run_once(
     """
     data_dir = workdir / f"data-{storage}-{talkers}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
-    server = StorageServer(data_dir, storage)
+    server = storage_server(data_dir, storage)
     ctx = multiprocessing.get_context("spawn")
     warmup_chunks = int(warmup * 1e9 // FRAME_NS)
     procs: list[Any] = []
