@@ -37,27 +37,34 @@ async def read_response(stream: trio.SocketStream) -> bytes | None:
 
 
 async def test_refused_posts_on_one_connection_never_hang(server: RunningServer) -> None:
+    """1,200 refused POSTs, reconnecting whenever the server closes; none may go unanswered.
+
+    How often the server closes instead of keeping the connection alive depends on timing
+    (a body that arrives after the 401 closes it), so the count that proves keep-alive was
+    exercised is of answers on a reused connection, over a fixed number of requests.
+    """
     port = int(server.url.rsplit(":", 1)[1])
     rng = random.Random(7)
-    answered = closed = 0
-    for _ in range(12):
+    sent = reused = 0
+    while sent < 1200:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
-            for _ in range(100):
+            on_this_connection = 0
+            while sent < 1200:
+                sent += 1
                 try:
                     await stream.send_all(REQUEST)
                     await trio.sleep(rng.choice([0, 0.0001, 0.0003, 0.001]))
                     await stream.send_all(BODY)
                 except trio.BrokenResourceError:
-                    closed += 1
                     break
                 # Either the 401 or a closed connection (the server may close one whose
                 # request body it did not read); never silence.
                 with trio.fail_after(5):
                     head = await read_response(stream)
                 if head is None:
-                    closed += 1
                     break
                 assert head.startswith(b"HTTP/1.1 401"), head
-                answered += 1
-    assert answered > 100
+                reused += on_this_connection > 0
+                on_this_connection += 1
+    assert reused > 100, (sent, reused)
