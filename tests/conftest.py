@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 
 from voxer_stream.transports.server import ServerConfig, run_server
 
@@ -35,6 +37,34 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
             binds = await nursery.start(run_server, config)
             yield RunningServer(url=binds[0], data_dir=config.data_dir, cancel_scope=scope)
             nursery.cancel_scope.cancel()
+
+
+@dataclass
+class Tls:
+    """A server configuration with a certificate from a throwaway CA, and a client
+    context that trusts that CA."""
+
+    config: ServerConfig
+    client_context: ssl.SSLContext
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Tls:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    config = ServerConfig(
+        port=0,
+        data_dir=tmp_path / "data",
+        synchronous="NORMAL",
+        certfile=str(certfile),
+        keyfile=str(keyfile),
+    )
+    return Tls(config, client_context)
 
 
 @dataclass

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-import trustme
-from conftest import RunningServer, User, make_thread, make_user
+from conftest import RunningServer, Tls, User, make_thread, make_user
 
 from voxer_stream.client import (
     H2Connection,
@@ -26,7 +24,7 @@ from voxer_stream.client import (
 from voxer_stream.client.listener import ListenResult
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
-from voxer_stream.transports.server import ServerConfig, run_server
+from voxer_stream.transports.server import run_server
 from voxer_stream.wire import Chunk, ErrorCode, Listen, Open
 
 
@@ -301,23 +299,9 @@ async def test_talker_resumes_after_connection_drops(
     assert_complete(await collect(server.url, bob.token, Listen(msg="d1")), chunks)
 
 
-async def test_tls_with_alpn_h2(tmp_path: Path, packets: list[bytes]) -> None:
+async def test_tls_with_alpn_h2(tls: Tls, packets: list[bytes]) -> None:
     """VXS-10-1: HTTP/2 over TLS with ALPN h2 (a trustme CA), upload and listen."""
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    config = ServerConfig(
-        port=0,
-        data_dir=tmp_path / "data",
-        synchronous="NORMAL",
-        certfile=str(certfile),
-        keyfile=str(keyfile),
-    )
+    config, client_ctx = tls.config, tls.client_context
     async with trio.open_nursery() as nursery:
         (url,) = await nursery.start(run_server, config)
         assert url.startswith("https://")

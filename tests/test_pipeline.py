@@ -88,6 +88,29 @@ class MemorySink:
         self.error = frame
 
 
+class DirectMemorySink(MemorySink):
+    """A ``MemorySink`` that is also a ``DirectSink``: at the live edge ``publish`` writes
+    to it. It refuses every ``refuse_every``-th frame (and every frame while stalled),
+    as a transport out of flow-control credit or buffer room would."""
+
+    def __init__(self, refuse_every: int = 5) -> None:
+        super().__init__()
+        self.refuse_every = refuse_every
+        self.direct = 0
+        self._offers = 0
+
+    def try_send(self, frame: bytes) -> bool:
+        self._offers += 1
+        if not self._open.is_set() or self._offers % self.refuse_every == 0:
+            return False
+        self.frames.append(decode_frame(frame))
+        self.direct += 1
+        return True
+
+    def flush(self) -> None:
+        pass
+
+
 async def allow(_: object) -> None:
     return None
 
@@ -255,7 +278,9 @@ async def run_scenario(data_dir: Path, actions: list[tuple[object, ...]]) -> Non
         sent = 0
 
         async def connect(listener: Listener, request: Listen) -> None:
-            sink = MemorySink()
+            # Half the connections are written by ``publish`` at the live edge.
+            direct = (len(listeners) + len(listener.connections)) % 2 == 1
+            sink = DirectMemorySink() if direct else MemorySink()
             listener.connections.append(sink)
             listener.scope, listener.done = await harness.listen(request, sink)
             await wait_until(lambda: bool(sink.frames) or sink.error is not None)
@@ -357,7 +382,7 @@ async def test_stalled_listener_delays_neither_talker_nor_others(tmp_path: Path)
         harness = Harness(hub, nursery)
         talker = Talker(harness)
         await talker.connect()
-        stalled, healthy = MemorySink(), MemorySink()
+        stalled, healthy = DirectMemorySink(), DirectMemorySink()
         stalled.stall()
         await harness.listen(Listen(msg=OPEN.msg), stalled)
         await harness.listen(Listen(msg=OPEN.msg), healthy)
@@ -371,6 +396,39 @@ async def test_stalled_listener_delays_neither_talker_nor_others(tmp_path: Path)
         stalled.resume()
         await wait_until(lambda: bool(stalled.frames) and isinstance(stalled.frames[-1], End))
         assert received_seqs(stalled.frames) == list(range(500))
+        assert healthy.direct > 100 and stalled.direct == 0
+
+
+@pytest.mark.parametrize("refuse_every", [10**9, 2, 3])
+async def test_live_edge_listeners_are_written_by_publish(
+    tmp_path: Path, refuse_every: int
+) -> None:
+    """At the live edge a ``DirectSink`` gets each chunk from ``publish`` itself; when it
+    refuses one the listener's task takes over from that very chunk and comes back to
+    the edge: nothing skipped, nothing twice (VXS-6.2-1)."""
+    async with running_hub(tmp_path, tail_limit=50) as (_store, hub, nursery):
+        harness = Harness(hub, nursery)
+        talker = Talker(harness)
+        await talker.connect()
+        sinks = [DirectMemorySink(refuse_every) for _ in range(3)]
+        for sink in sinks:
+            await harness.listen(Listen(msg=OPEN.msg), sink)
+        await wait_until(lambda: all(len(s.frames) == 2 for s in sinks))  # info, live
+        for seq in range(200):
+            await talker.chunk(opus_chunk(seq))
+            if seq % 7 == 0:
+                await trio.sleep(0.001)  # now and then let the hub and listeners catch up
+        await talker.close()
+        for sink in sinks:
+            await wait_until(lambda sink=sink: isinstance(sink.frames[-1], End))
+            assert received_seqs(sink.frames) == list(range(200))
+            checker = ListenChecker()
+            for frame in sink.frames:
+                checker.apply(frame)
+            if refuse_every > 200:
+                assert sink.direct == 200
+            else:
+                assert 0 < sink.direct < 200
 
 
 @pytest.mark.parametrize(

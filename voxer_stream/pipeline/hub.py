@@ -10,6 +10,14 @@ is still valid, served from the tail or, once trimmed, from storage (VXS-6.5-2).
 The same position makes the stored-to-live handoff exact (VXS-6.2-3): there is
 no second copy of a chunk that could be sent twice.
 
+At the live edge a listener whose binding can write without waiting (a
+``DirectSink``) does not even wait: it lends its sink to ``LiveMessage.follow``
+and ``publish`` writes each new chunk to it on the spot, so a delivery costs one
+frame write and no task wake-up. The moment a sink cannot take a chunk at once
+(flow control, a full buffer) the listener is detached, still at that chunk's
+seq, and its task carries on as above; nothing is skipped or sent twice because
+the position is still the only state.
+
 Durability is the hub's too: each live message has one committer task that
 appends published chunks to the store in batches and advances ``durable``; the
 talker's connection only reads ``durable`` to ack (VXS-5.3-3). Chunks received
@@ -28,6 +36,7 @@ import trio
 
 from ..store.base import MessageRecord, Store, StoredChunk
 from ..wire import Chunk, ErrorCode, ProtocolError, encode_frame
+from .sink import DirectSink
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,15 @@ class Uploader:
     def supersede(self) -> None:
         self.superseded = True
         self.cancel_scope.cancel()
+
+
+@dataclass(eq=False)
+class Follower:
+    """A listener at the live edge whose chunks ``publish`` writes (see ``follow``)."""
+
+    cursor: int
+    sink: DirectSink
+    detached: trio.Event = field(default_factory=trio.Event)
 
 
 class LiveMessage:
@@ -64,6 +82,7 @@ class LiveMessage:
         self._changed = trio.Event()
         self._uncommitted: list[StoredChunk] = []
         self._commit_wanted = trio.Event()
+        self._followers: list[Follower] = []
 
     @property
     def id(self) -> str:
@@ -76,14 +95,46 @@ class LiveMessage:
     def publish(self, chunk: StoredChunk) -> None:
         """Append the next chunk: live listeners get it now, the committer soon."""
         assert chunk.seq == self.next_seq and not self.closed
+        frame = chunk_frame(chunk)
         self.tail.append(chunk)
-        self.tail_wire.append(chunk_frame(chunk))
+        self.tail_wire.append(frame)
         self.next_seq += 1
         self.end_ts = chunk.end_ts
         self.last_activity = trio.current_time()
         self._uncommitted.append(chunk)
         self._commit_wanted.set()
+        if self._followers:
+            self._deliver(chunk.seq, frame)
         self._wake()
+
+    def _deliver(self, seq: int, frame: bytes) -> None:
+        """Write chunk ``seq`` to every follower whose sink takes it now; detach the rest.
+        All writes first, then one flush each: listeners sharing a connection share its
+        socket write."""
+        refused = False
+        for follower in self._followers:
+            if follower.cursor == seq and follower.sink.try_send(frame):
+                follower.cursor = seq + 1
+            else:
+                follower.detached.set()
+                refused = True
+        for follower in self._followers:
+            follower.sink.flush()
+        if refused:
+            self._followers = [f for f in self._followers if not f.detached.is_set()]
+
+    async def follow(self, cursor: int, sink: DirectSink) -> int:
+        """Let ``publish`` write this listener's chunks from ``cursor`` (the live edge)
+        until its sink refuses one or the message closes; returns the listener's
+        cursor then, for its task to carry on from."""
+        follower = Follower(cursor, sink)
+        self._followers.append(follower)
+        try:
+            await follower.detached.wait()
+        finally:
+            if follower in self._followers:
+                self._followers.remove(follower)
+        return follower.cursor
 
     def chunk_at(self, seq: int) -> StoredChunk | None:
         """The chunk ``seq`` if it is in the tail."""
@@ -114,6 +165,9 @@ class LiveMessage:
 
     def mark_closed(self) -> None:
         self.closed = True
+        for follower in self._followers:
+            follower.detached.set()
+        self._followers = []
         self._wake()
 
     async def run_committer(self, store: Store) -> None:

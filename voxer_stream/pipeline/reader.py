@@ -31,7 +31,7 @@ from ..wire import (
 )
 from .hub import Hub, LiveMessage, chunk_frame
 from .ingest import first_protocol_error
-from .sink import AuthorizeListen, FrameSink
+from .sink import AuthorizeListen, DirectSink, FrameSink
 
 #: Chunks read from storage per query.
 STORE_BATCH: Final = 256
@@ -160,6 +160,7 @@ class ListenSession:
     async def _follow(self, live: LiveMessage, cursor: int, pacer: _Pacer) -> int:
         """Send from ``cursor`` while the message is live; returns the cursor at close."""
         said_live = False
+        direct = self.sink if isinstance(self.sink, DirectSink) else None
         while True:
             if cursor < live.tail_start:
                 batch = await self.hub.store.read_chunks(
@@ -182,11 +183,13 @@ class ListenSession:
                 cursor += len(frames)
             elif live.closed:
                 return cursor
+            elif not said_live and cursor == live.next_seq:
+                said_live = True
+                pacer.speed = 0.0  # at the live edge: real time by nature
+                await self.sink.send([encode_frame(Live(seq=cursor))])
+            elif direct is not None and cursor == live.next_seq:
+                cursor = await live.follow(cursor, direct)
             else:
-                if not said_live and cursor == live.next_seq:
-                    said_live = True
-                    pacer.speed = 0.0  # at the live edge: real time by nature
-                    await self.sink.send([encode_frame(Live(seq=cursor))])
                 await live.wait_beyond(cursor)
 
     async def _from_store(self, msg: str, cursor: int, count: int, pacer: _Pacer) -> int:

@@ -9,7 +9,7 @@ WebSocket (VXS-11-5).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..store.base import MessageRecord
 from ..wire import ProtocolError
@@ -24,6 +24,24 @@ class FrameSink(Protocol):
 
     async def fail(self, exc: ProtocolError, data: bytes) -> None:
         """Send the error frame ``data`` for ``exc`` and end the stream (VXS-5.6-1)."""
+
+
+@runtime_checkable
+class DirectSink(Protocol):
+    """A sink that can take a frame synchronously: what ``LiveMessage.publish`` needs to
+    deliver a chunk to a listener at the live edge without waking the listener's task.
+
+    Why: at the live edge every listener's task would otherwise wake for every chunk
+    only to write one frame; the wake-up costs more than the write. A binding that can
+    tell at once whether its transport takes a frame (flow-control credit, room in its
+    buffer) implements this; the others are served by their task (``FrameSink.send``).
+    """
+
+    def try_send(self, frame: bytes) -> bool:
+        """Write ``frame`` now, or return False having written nothing."""
+
+    def flush(self) -> None:
+        """Push what ``try_send`` wrote towards the peer (called once per batch)."""
 
 
 #: Raises ``ProtocolError`` (THREAD_NOT_FOUND, FORBIDDEN) unless the talker may post.

@@ -1,4 +1,7 @@
-"""Run the server: storage, hub and the ASGI app on hypercorn's trio worker.
+"""Run the server: storage, hub, and the ASGI app behind one port.
+
+HTTP/2 is served by ``h2server`` (the live path), HTTP/1.1 and WebSocket by
+hypercorn's trio worker; ``accept`` decides per connection.
 
 ``run_server`` is a trio task that reports its bound URLs through
 ``task_status`` (so tests do ``urls = await nursery.start(run_server, config)``
@@ -14,7 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
@@ -25,7 +27,9 @@ from ..store import Store, open_store
 from ..store.memory import MemoryStore
 from ..wire import MAX_FRAME_SIZE
 from . import hypercorn_fix
+from .accept import Acceptor
 from .app import Router
+from .h2server import Http2Settings
 from .streams import Services
 
 log = logging.getLogger(__name__)
@@ -94,7 +98,14 @@ async def run_server(
         nursery.start_soon(hub.run_abandon_watchdog)
         services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
         app: Any = Router(services)
-        binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(config)))
+        hconfig = hypercorn_config(config)
+        acceptor = Acceptor(
+            app,
+            hconfig,
+            Http2Settings(max_streams=config.max_streams, keep_alive=hconfig.keep_alive_timeout),
+            hconfig.create_ssl_context(),
+        )
+        binds = await nursery.start(partial(acceptor.serve, config.host, config.port))
         log.info("voxer-stream serving on %s (data in %s)", ", ".join(binds), config.data_dir)
         task_status.started(binds)
         if shutdown is None:

@@ -2,8 +2,12 @@
 
 These two routes are the live path, so they bypass Quart's request and response
 machinery: no request context, no response timeout, no body size limit to
-switch off, and one ASGI send per batch of frames. Everything else in the
-binding (REST) is the Quart app in ``app.py``.
+switch off. Served by ``h2server`` (every HTTP/2 connection), they go further
+and bypass ASGI messages too: the scope carries the connection's stream
+(``extensions["voxer.h2"]``), which ``H2Sink`` writes to directly, and which a
+listener at the live edge lends to ``LiveMessage.publish`` (``try_send``).
+Over HTTP/1.1 (hypercorn) they are plain ASGI, one send per batch of frames.
+Everything else in the binding (REST) is the Quart app in ``app.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..service.identity import Identity, bearer_token
 from ..service.threads import Threads
 from ..store.base import Account, MessageRecord
 from ..wire import Error, ErrorCode, Listen, ProtocolError, encode_frame
+from .h2server import Http2Stream
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -83,12 +88,62 @@ class HttpSink:
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-async def refuse(sink: HttpSink, exc: ProtocolError) -> None:
+class H2Sink:
+    """Frames straight into an ``h2server`` stream, no ASGI messages in between.
+
+    ``try_send`` and ``flush`` make it a ``DirectSink``: at the live edge the
+    talker's ``publish`` writes each chunk to it synchronously."""
+
+    def __init__(self, stream: Http2Stream) -> None:
+        self.stream = stream
+        self.started = False
+        self.ended = False
+
+    def _start(self, status: int) -> None:
+        self.started = True
+        self.stream.start(status, [(b"content-type", CBOR_SEQ), (b"cache-control", b"no-store")])
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        if not self.started:
+            self._start(200)
+        await self.stream.send(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def try_send(self, frame: bytes) -> bool:
+        return self.started and not self.ended and self.stream.try_send(frame)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    async def fail(self, exc: ProtocolError, data: bytes) -> None:
+        if not self.started:
+            self._start(exc.code.http_status)
+        await self.finish(data)
+
+    async def finish(self, data: bytes = b"") -> None:
+        if self.ended:
+            return
+        if not self.started:
+            self._start(200)
+        self.ended = True
+        await self.stream.send(data, end=True)
+
+
+def make_sink(scope: Scope, send: Send) -> HttpSink | H2Sink:
+    stream = scope.get("extensions", {}).get("voxer.h2")
+    return H2Sink(stream) if isinstance(stream, Http2Stream) else HttpSink(send)
+
+
+async def refuse(sink: HttpSink | H2Sink, exc: ProtocolError) -> None:
     await sink.fail(exc, encode_frame(Error.from_exception(exc)))
 
 
-async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def request_body(scope: Scope, receive: Receive) -> AsyncIterator[bytes]:
     """The request body as it arrives; ends at the end of the body or a disconnect."""
+    stream = scope.get("extensions", {}).get("voxer.h2")
+    if isinstance(stream, Http2Stream):
+        while (data := await stream.receive_body()) is not None:
+            yield data
+        return
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -112,7 +167,7 @@ async def authenticate(services: Services, authorization: str | None) -> Account
 
 async def upload(scope: Scope, receive: Receive, send: Send, services: Services) -> None:
     """``POST /v1/upload`` (VXS-10-2, VXS-10-3)."""
-    sink = HttpSink(send)
+    sink = make_sink(scope, send)
     try:
         account = await authenticate(services, header(scope, b"authorization"))
     except ProtocolError as exc:
@@ -123,7 +178,7 @@ async def upload(scope: Scope, receive: Receive, send: Send, services: Services)
         await services.threads.can_post(account, thread_id)
 
     session = UploadSession(services.hub, account.id, authorize, sink)
-    await session.run(request_body(receive))
+    await session.run(request_body(scope, receive))
     await sink.finish()
 
 
@@ -164,7 +219,7 @@ async def listen(
     scope: Scope, receive: Receive, send: Send, services: Services, message_id: str
 ) -> None:
     """``GET /v1/messages/{id}/listen`` (VXS-10-6)."""
-    sink = HttpSink(send)
+    sink = make_sink(scope, send)
     try:
         request = parse_listen(message_id, scope.get("query_string", b""))
         account = await authenticate(services, header(scope, b"authorization"))

@@ -1,0 +1,137 @@
+"""The port's two servers: HTTP/2 on ``h2server``, everything else on hypercorn.
+
+What these tests pin down is what a client sees of the split: prior-knowledge
+HTTP/2, HTTP/1.1 and TLS (ALPN ``h2`` or ``http/1.1``) all answered on one port;
+an HTTP/2 protocol error ends that connection with GOAWAY and nothing else; a
+stream reset by its client stops only that stream.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import h2.errors
+import httpx
+import trio
+from conftest import RunningServer, Tls, make_thread, make_user
+from test_streaming import RawTalker, chunk
+
+from voxer_stream.client.h2conn import H2Connection, H2Stream
+from voxer_stream.transports.h2server import PREFACE
+from voxer_stream.transports.server import run_server
+from voxer_stream.wire import Chunk, End, Frame, FrameDecoder, Live, MessageInfo, Open
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_http1_and_prior_knowledge_http2_share_the_port(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http1:
+        response = await http1.get("/v1/health")
+        assert response.http_version == "HTTP/1.1" and response.status_code == 200
+    async with httpx.AsyncClient(base_url=server.url, http1=False, http2=True) as http2:
+        response = await http2.get("/v1/health")
+        assert response.http_version == "HTTP/2" and response.status_code == 200
+
+
+async def test_a_protocol_error_ends_its_connection_with_goaway_only(
+    server: RunningServer,
+) -> None:
+    """RFC 9113 section 5.4.1: a connection error is answered with GOAWAY; the server
+    goes on serving everyone else."""
+    stream = await trio.open_tcp_stream("127.0.0.1", _port(server.url))
+    async with stream:
+        # A DATA frame on stream 0 is a connection error of type PROTOCOL_ERROR.
+        await stream.send_all(PREFACE + struct.pack(">I", 4)[1:] + b"\x00\x00" + bytes(4) + b"oops")
+        received = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(65536):
+                received += data
+    frames = []
+    while len(received) >= 9:
+        length = int.from_bytes(received[:3], "big")
+        frames.append((received[3], received[9 : 9 + length]))
+        received = received[9 + length :]
+    goaways = [payload for kind, payload in frames if kind == 7]
+    assert goaways, frames
+    assert int.from_bytes(goaways[0][4:8], "big") == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    async with httpx.AsyncClient(base_url=server.url, http1=False, http2=True) as http2:
+        assert (await http2.get("/v1/health")).status_code == 200
+
+
+async def test_a_silent_or_garbage_connection_costs_nothing(server: RunningServer) -> None:
+    """Neither an HTTP/2 preface cut short nor bytes that are no protocol at all hang
+    the acceptor for anyone else."""
+    half = await trio.open_tcp_stream("127.0.0.1", _port(server.url))
+    await half.send_all(PREFACE[:10])
+    junk = await trio.open_tcp_stream("127.0.0.1", _port(server.url))
+    await junk.send_all(b"\x16\x03\x01garbage\r\n\r\n")
+    with trio.fail_after(5):
+        # hypercorn answers the junk as a bad HTTP/1.1 request and closes.
+        reply = b""
+        while data := await junk.receive_some(65536):
+            reply += data
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:40]
+    async with httpx.AsyncClient(base_url=server.url, http1=False, http2=True) as http2:
+        assert (await http2.get("/v1/health")).status_code == 200
+    await half.aclose()
+    await junk.aclose()
+
+
+async def test_reset_listen_stream_stops_only_itself(server: RunningServer) -> None:
+    """Two listeners on one connection, at the live edge (written by the talker's
+    ``publish``): one resets its stream; the other still gets every chunk."""
+    alice, bob = await make_user(server.url, "alice"), await make_user(server.url, "bob")
+    thread = await make_thread(server.url, alice, bob)
+    auth = [("authorization", f"Bearer {bob.token}")]
+    async with (
+        await H2Connection.connect(server.url) as talker_conn,
+        await H2Connection.connect(server.url) as conn,
+    ):
+        talker = await RawTalker.open(
+            talker_conn, alice.token, Open(msg="m", thread=thread, created=1)
+        )
+        await talker.chunk(chunk(0))
+        await talker.read_until(lambda: talker.client.acked >= 0)
+        path = "/v1/messages/m/listen?from_seq=0"
+        quitter = await conn.request("GET", path, auth, end_stream=True)
+        stayer = await conn.request("GET", path, auth, end_stream=True)
+        decoders = {quitter: FrameDecoder(), stayer: FrameDecoder()}
+        seen: dict[H2Stream, list[Frame]] = {quitter: [], stayer: []}
+
+        async def read_until_live(stream: H2Stream) -> None:
+            while not any(isinstance(f, Live) for f in seen[stream]):
+                data = await stream.receive()
+                assert data is not None
+                decoders[stream].feed(data)
+                seen[stream].extend(decoders[stream])
+
+        with trio.fail_after(10):
+            await read_until_live(quitter)
+            await read_until_live(stayer)
+            await quitter.reset()
+            for seq in range(1, 60):
+                await talker.chunk(chunk(seq))
+            await talker.read_until(lambda: talker.client.acked == 59)
+            await talker.close()
+            while (data := await stayer.receive()) is not None:
+                decoders[stayer].feed(data)
+                seen[stayer].extend(decoders[stayer])
+    frames = seen[stayer]
+    assert isinstance(frames[0], MessageInfo) and isinstance(frames[-1], End)
+    assert [f.seq for f in frames if isinstance(f, Chunk)] == list(range(60))
+
+
+async def test_tls_alpn_chooses_the_server(tls: Tls) -> None:
+    """Over TLS, ALPN ``h2`` goes to ``h2server`` and ``http/1.1`` to hypercorn."""
+    config, client_ctx = tls.config, tls.client_context
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(run_server, config)
+        for http2, version in ((False, "HTTP/1.1"), (True, "HTTP/2")):
+            async with httpx.AsyncClient(
+                base_url=url, verify=client_ctx, http1=not http2, http2=http2
+            ) as http:
+                response = await http.get("/v1/health")
+                assert response.status_code == 200 and response.http_version == version
+        nursery.cancel_scope.cancel()
