@@ -1,6 +1,7 @@
-"""live-latency: one talker, N live listeners over HTTP/2, latency per delivered chunk.
+"""live-latency: one talker, N live listeners over HTTP/2 or WebSocket, latency per chunk.
 
-``python -m benchmarks live-latency [--quick] [--duration 20] [--listeners 1 10 100]``
+``python -m benchmarks live-latency [--quick] [--duration 20] [--listeners 1 10 100]
+[--transport h2|ws]``
 
 For each N the scenario starts the shipped server as its own process, creates two
 accounts and a thread over REST, then runs the load in separate processes:
@@ -16,6 +17,12 @@ accounts and a thread over REST, then runs the load in separate processes:
   and timestamp every chunk; the others share HTTP/2 connections, up to
   ``--streams-per-conn`` (50) streams each. Every listener checks its seq
   sequence: lost, reordered and duplicated chunks are counted (all must be 0).
+
+  With ``--transport ws`` every listener, recording or not, listens over the WebSocket
+  binding instead (``/v1/ws``, subprotocol ``voxer-stream.v1``, an ``auth`` frame then
+  a ``listen`` frame, one frame per binary message): one connection per listener, as
+  WebSocket has no streams (``--streams-per-conn`` does not apply). The talker stays
+  on HTTP/2.
 
 Latency = listener receive time - intended send time, both ``time.monotonic_ns()``
 (CLOCK_MONOTONIC is system-wide on Linux, so it compares across processes). The
@@ -65,7 +72,18 @@ CBOR_SEQ = "application/cbor-seq"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: The server's (``http://``) or the relay baseline's (``tcp://``) address on its first line.
 URL_RE = re.compile(r"(?:https?|tcp)://[^\s,]+")
-PACKAGES = ("voxer-stream", "trio", "hypercorn", "h2", "quart-trio", "cbor2", "av", "hdrhistogram")
+PACKAGES = (
+    "voxer-stream",
+    "trio",
+    "hypercorn",
+    "h2",
+    "trio-websocket",
+    "wsproto",
+    "quart-trio",
+    "cbor2",
+    "av",
+    "hdrhistogram",
+)
 
 Conn = multiprocessing.connection.Connection
 
@@ -215,9 +233,17 @@ def listener_main(
     recording: list[int],
     streams_per_conn: int,
     pipe: Conn,
+    transport: str = "h2",
 ) -> None:
+    """``transport`` ``h2``: HTTP/2 listen streams (``_listen_all``); ``ws``: one
+    WebSocket connection per listener (``_listen_all_ws``, ``streams_per_conn`` unused)."""
     try:
-        results = trio.run(_listen_all, url, token, msg, indexes, recording, streams_per_conn, pipe)
+        if transport == "ws":
+            results = trio.run(_listen_all_ws, url, token, msg, indexes, recording, pipe)
+        else:
+            results = trio.run(
+                _listen_all, url, token, msg, indexes, recording, streams_per_conn, pipe
+            )
         pipe.send(("done", [asdict(r) for r in results]))
     except BaseException as exc:
         pipe.send(("error", f"listeners: {exc!r}"))
@@ -254,6 +280,62 @@ async def _listen_all(
                     stream = await conn.request("GET", path, headers, end_stream=True)
                     record = result.index in recording
                     nursery.start_soon(_listen_one, stream, result, record, ready)
+            with trio.fail_after(60):
+                for _ in results:
+                    await ready.acquire()
+            pipe.send(("ready",))
+    return results
+
+
+class _WsListenStream:
+    """A WebSocket listen (``/v1/ws``, ``auth`` already sent by ``open_ws``) with the two
+    methods ``_listen_one`` uses, so WebSocket listeners decode, timestamp and check
+    chunks with the very code of the HTTP/2 listeners.
+
+    Per message only trio-websocket's ``get_message`` (its reader task has already
+    parsed the frame out of the socket) and, in ``_listen_one``, ``FrameDecoder``: one
+    binary message is one frame (VXS-11-2), so the decoder yields it whole.
+    """
+
+    def __init__(self, ws: Any, msg: str) -> None:
+        self.ws = ws
+        self.msg = msg
+
+    async def response_status(self) -> int:
+        from voxer_stream.wire import Listen, encode_frame
+
+        await self.ws.send_message(encode_frame(Listen(msg=self.msg, from_seq=0)))
+        return 200  # the handshake succeeded (101): the listen is on
+
+    async def receive(self) -> bytes | None:
+        from trio_websocket import ConnectionClosed
+
+        try:
+            message = await self.ws.get_message()
+        except ConnectionClosed:
+            return None  # the server closes (1000) right after ``end``
+        if not isinstance(message, bytes):
+            raise RuntimeError("text message on /v1/ws (VXS-11-6: frames are binary)")
+        return message
+
+
+async def _listen_all_ws(
+    url: str, token: str, msg: str, indexes: list[int], recording: list[int], pipe: Conn
+) -> list[ListenerResult]:
+    """Every listener on a WebSocket connection of its own (no multiplexing)."""
+    from voxer_stream.client.ws import open_ws
+
+    results = [ListenerResult(index=i) for i in indexes]
+    ready = trio.Semaphore(0, max_value=len(results))
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = []
+        for _ in results:
+            sockets.append(await stack.enter_async_context(open_ws(url, token)))
+        async with trio.open_nursery() as nursery:
+            for ws, result in zip(sockets, results, strict=True):
+                listen = _WsListenStream(ws, msg)
+                record = result.index in recording
+                nursery.start_soon(_listen_one, listen, result, record, ready)
             with trio.fail_after(60):
                 for _ in results:
                     await ready.acquire()
@@ -449,6 +531,15 @@ def listener_processes(n: int, requested: int | None) -> int:
     return 1 if n <= 10 else min(4, max(2, (os.cpu_count() or 2)))
 
 
+#: ``--transport``: how the listeners listen (the talker is always on HTTP/2).
+TRANSPORTS = {"h2": "HTTP/2", "ws": "WebSocket"}
+TRANSPORT_DETAIL = {
+    "h2": "HTTP/2 cleartext (h2c prior knowledge), TCP_NODELAY on clients",
+    "ws": "listeners: WebSocket GET /v1/ws (HTTP/1.1 upgrade, subprotocol voxer-stream.v1), "
+    "an auth frame then a listen frame, one connection per listener; talker: HTTP/2 "
+    "cleartext (h2c prior knowledge) POST /v1/upload; TCP_NODELAY on clients",
+}
+
 RELAY_COMMAND = ["-m", "benchmarks.baselines.relay", "--port", "0"]
 #: What ``--baseline`` can compare the server against (``benchmarks/baselines/``).
 BASELINES = ("relay",)
@@ -527,6 +618,7 @@ def measure(
                         recording,
                         args.streams_per_conn,
                         child,
+                        args.transport,
                     ),
                 )
             proc.start()
@@ -568,8 +660,8 @@ def measure(
     deliveries = measured_chunks * n
     errors = [x["error"] for x in listeners if x["error"]]
     shared = n - len(recording)
-    if relay:
-        connections = n  # raw TCP: one connection per listener
+    if relay or args.transport == "ws":
+        connections = n  # raw TCP, WebSocket: one connection per listener
     elif shared:
         connections = len(recording) + sum(
             math.ceil(
@@ -587,6 +679,8 @@ def measure(
 
     result = {
         "variant": variant,
+        # The listeners' transport: the relay's are raw TCP whatever ``--transport`` says.
+        "transport": "tcp" if relay else args.transport,
         "listeners": n,
         "listener_processes": nprocs,
         "connections": connections,
@@ -790,7 +884,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("live listeners")
     ax.set_ylabel("latency, intended send to receipt (ms)")
     title = "live latency, 20 ms Opus chunks"
-    ax.set_title(f"voxer (HTTP/2) vs {base_name} (raw TCP): {title}" if base_name else title)
+    transport = TRANSPORTS[results[0].get("transport", "h2")] if results else "HTTP/2"
+    if base_name:
+        ax.set_title(f"voxer ({transport}) vs {base_name} (raw TCP): {title}", fontsize="medium")
+    else:
+        ax.set_title(f"{title}, listeners over {transport}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     if base_name:
@@ -830,6 +928,7 @@ def table(results: list[dict[str, Any]]) -> str:
     if results and "baseline" in results[0]:
         return baseline_table(results)
     lines = [
+        f"listeners over {_transport_label(results)}",
         "| N | p50 ms | p99 ms | p99.9 ms | max ms | samples | lost/reord/dup | CPU us/delivery |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -843,11 +942,17 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _transport_label(results: list[dict[str, Any]]) -> str:
+    transport = results[0].get("transport", "h2") if results else "h2"
+    return f"{TRANSPORTS[transport]} (--transport {transport})"
+
+
 def baseline_table(results: list[dict[str, Any]]) -> str:
     """voxer | baseline | voxer/baseline for p50, p99, p99.9 and CPU per delivery."""
     name = results[0]["baseline"]["name"]
     lines = [
-        f"voxer vs {name}, all rounds merged; x = voxer / {name}",
+        f"voxer, listeners over {_transport_label(results)}, vs {name} (raw TCP), "
+        f"all rounds merged; x = voxer / {name}",
         f"| N | p50 ms voxer | {name} | x | p99 ms voxer | {name} | x "
         f"| p99.9 ms voxer | {name} | x | CPU us/delivery voxer | {name} | x "
         f"| samples each | lost/reord/dup voxer, {name} |",
@@ -875,7 +980,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds discarded (1)")
     parser.add_argument("--listeners", type=int, nargs="+", default=None, help="N (1 10 100)")
     parser.add_argument("--record", type=int, default=5, help="recording listeners per run")
-    parser.add_argument("--streams-per-conn", type=int, default=50)
+    parser.add_argument(
+        "--transport",
+        choices=list(TRANSPORTS),
+        default="h2",
+        help="how the listeners listen: h2 (HTTP/2 streams, the default) or ws (the "
+        "WebSocket binding, one connection per listener); the talker stays on HTTP/2",
+    )
+    parser.add_argument(
+        "--streams-per-conn",
+        type=int,
+        default=None,
+        help="HTTP/2 listen streams per shared connection (50); not with --transport ws",
+    )
     parser.add_argument("--listener-procs", type=int, default=None, help="default: by N")
     parser.add_argument(
         "--baseline",
@@ -889,6 +1006,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     args = parser.parse_args(argv)
+    if args.transport == "ws" and args.streams_per_conn is not None:
+        parser.error("--streams-per-conn does not apply to --transport ws (one connection each)")
+    if args.streams_per_conn is None:
+        args.streams_per_conn = 50
     if args.duration is None:
         args.duration = 3.0 if args.quick else 20.0
     if args.listeners is None:
@@ -919,8 +1040,9 @@ def marginal_cpu(results: list[dict[str, Any]]) -> dict[str, Any]:
     def slope(a: dict[str, Any], b: dict[str, Any]) -> float | None:
         if b["listeners"] == a["listeners"]:
             return None
-        per_chunk = [r["server_cpu_s"] / r["measured_chunks"] * 1e6 for r in (a, b)]
-        return round((per_chunk[1] - per_chunk[0]) / (b["listeners"] - a["listeners"]), 1)
+        per_chunk: list[float] = [r["server_cpu_s"] / r["measured_chunks"] * 1e6 for r in (a, b)]
+        span: int = b["listeners"] - a["listeners"]
+        return round((per_chunk[1] - per_chunk[0]) / span, 1)
 
     voxer, base = slope(low, high), slope(low["baseline"], high["baseline"])
     return {
@@ -980,9 +1102,11 @@ def main(argv: list[str]) -> int:
         "packets_per_chunk": 1,
         "opus_bytes_mean": round(sum(map(len, packets)) / len(packets), 1),
         "recording_listeners": args.record,
-        "streams_per_connection": args.streams_per_conn,
+        # None with ws: one connection per listener, no multiplexing.
+        "streams_per_connection": args.streams_per_conn if args.transport == "h2" else None,
         "server": results[0]["server_command"] if results else "",
-        "transport": "HTTP/2 cleartext (h2c prior knowledge), TCP_NODELAY on clients",
+        "transport": args.transport,
+        "transport_detail": TRANSPORT_DETAIL[args.transport],
         "baseline": args.baseline,
     }
     if args.baseline != "none":
@@ -993,7 +1117,7 @@ def main(argv: list[str]) -> int:
             "raw TCP (trio), CBOR chunk frames delimited by CBOR, one connection per "
             "listener, TCP_NODELAY both ends; no HTTP, no auth, no storage"
         )
-    report = {
+    report: dict[str, Any] = {
         "scenario": "live-latency",
         "command": command,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
