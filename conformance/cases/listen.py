@@ -1353,7 +1353,7 @@ async def speed_range(ctx: Context) -> None:
 
 #: A receive window small enough that a listener that does not read blocks its stream
 #: after a chunk of ``SLOW_PAD``-byte packets; the talker then sends far more than a
-#: server's per-stream send buffer (hypercorn's holds 32 KiB) so that the server's own
+#: server's send buffers (a socket's, a stream's: tens of KiB) so that the server's own
 #: sending to that listener really blocks.
 TINY_WINDOW: Final = 1024
 SLOW_PAD: Final = 1000
