@@ -1,6 +1,6 @@
 """live-latency: one talker, N live listeners over HTTP/2 or WebSocket, latency per chunk.
 
-``python -m benchmarks live-latency [--quick] [--duration 20] [--listeners 1 10 100]
+``python -m benchmarks live-latency [--quick] [--duration 25] [--listeners 1 10 100]
 [--transport h2|ws]``
 
 For each N the scenario starts the shipped server as its own process, creates two
@@ -976,7 +976,12 @@ def baseline_table(results: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks live-latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 s runs, N = 1 and 10 only")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per run (20)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per run (25: 5 recorders x 2 rounds give over 10,000 samples)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds discarded (1)")
     parser.add_argument("--listeners", type=int, nargs="+", default=None, help="N (1 10 100)")
     parser.add_argument("--record", type=int, default=5, help="recording listeners per run")
@@ -1011,7 +1016,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.streams_per_conn is None:
         args.streams_per_conn = 50
     if args.duration is None:
-        args.duration = 3.0 if args.quick else 20.0
+        args.duration = 3.0 if args.quick else 25.0
     if args.listeners is None:
         args.listeners = [1, 10] if args.quick else [1, 10, 100]
     if args.baseline is None:

@@ -16,12 +16,9 @@ hypercorn would. The listen handler finds this connection's stream in
 ``scope["extensions"]["voxer.h2"]`` and uses it as its sink.
 
 Output: every change to the ``h2`` state is followed by ``flush``, which hands
-``data_to_send()`` to the socket at once when the socket takes it (plain TCP),
-and otherwise (a full socket buffer, or TLS, which has no synchronous send)
-queues it for the connection's writer task. The queue is bounded: a stream
-whose connection holds more than ``HIGH_WATER`` unsent bytes waits (``send``)
-or is refused (``try_send``), so a peer that stops reading costs bounded memory
-(VXS-6.5-1) and never blocks anyone else's connection.
+``data_to_send()`` to ``output.Output``: to the socket at once when it takes it,
+else to the connection's writer task. A stream whose connection holds more than
+``HIGH_WATER`` unsent bytes waits (``send``) or is refused (``try_send``).
 
 Input: one reader task per connection feeds ``h2`` and dispatches its events.
 Request bodies reach the app through an unbounded memory channel, bounded in
@@ -37,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,10 +47,10 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from .output import HIGH_WATER, Output
+
 log = logging.getLogger(__name__)
 
-#: Unsent bytes a connection may hold before its streams wait (or, live, are refused).
-HIGH_WATER: Final = 256 * 1024
 #: The HTTP/2 client connection preface (RFC 9113 section 3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RECEIVE_SIZE: Final = 65536
@@ -234,86 +229,30 @@ class Http2Connection:
             },
         )
         self.streams: dict[int, Http2Stream] = {}
-        self._out = bytearray()
-        self._write_wanted = trio.Event()
-        self._progress = trio.Event()
-        self._closed = False
-        # Plain TCP: a duplicate of the socket's descriptor for synchronous,
-        # non-blocking sends (same open file, so the same O_NONBLOCK flag).
-        self._sock: stdlib_socket.socket | None = None
-        if isinstance(stream, trio.SocketStream):
-            self._sock = stdlib_socket.socket(fileno=os.dup(stream.socket.fileno()))
-            self._sock.setblocking(False)
+        self.output = Output(stream, self._lost)
 
     @property
     def buffered(self) -> int:
-        """Bytes handed to the connection and not yet taken by the socket."""
-        return len(self._out)
-
-    # -- output ---------------------------------------------------------------
+        return self.output.buffered
 
     def flush(self) -> None:
-        """Hand what ``h2`` has to send to the socket, now if it takes it, else to the writer."""
-        data = self.h2.data_to_send()
-        if not data or self._closed:
-            return
-        if self._out or self._sock is None:
-            self._out += data
-            self._write_wanted.set()
-            return
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._lost()
-            return
-        if sent < len(data):
-            self._out += data[sent:]
-            self._write_wanted.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._write_wanted.wait()
-            self._write_wanted = trio.Event()
-            while self._out:
-                if self._sock is None:
-                    data = bytes(self._out)
-                    self._out.clear()
-                    await self.stream.send_all(data)
-                else:
-                    await trio.lowlevel.wait_writable(self._sock)
-                    try:
-                        sent = self._sock.send(self._out)
-                    except BlockingIOError:
-                        continue
-                    del self._out[:sent]
-                if len(self._out) <= HIGH_WATER:
-                    self._wake()
-
-    def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        """Hand what ``h2`` has to send to the output."""
+        self.output.write(self.h2.data_to_send())
 
     async def wait_progress(self) -> None:
-        """Wait until flow-control credit arrives, the buffer drains, or a stream closes."""
-        await self._progress.wait()
+        """Wait until flow-control credit arrives, the output drains, or a stream closes."""
+        await self.output.wait_progress()
 
     def give_credit(self, stream_id: int, credit: int) -> None:
-        if credit and not self._closed:
+        if credit and not self.output.closed:
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.acknowledge_received_data(credit, stream_id)
             self.flush()
 
     def _lost(self) -> None:
-        """The socket is gone: every stream is too."""
-        if self._closed:
-            return
-        self._closed = True
-        self._out.clear()
+        """The socket is gone (``Output`` calls this once): every stream is too."""
         for stream in self.streams.values():
             self._stream_gone(stream)
-        self._wake()
 
     def _stream_gone(self, stream: Http2Stream) -> None:
         stream.gone = True
@@ -329,26 +268,25 @@ class Http2Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self.output.run)
                 if not self._initial or self._receive(self._initial):
                     await self._read_loop()
                 else:
-                    await self._drain()
+                    await self.output.drain()
                 # The client closed or broke the connection (or we said GOAWAY):
                 # nothing more arrives and nothing more can be sent.
-                self._lost()
+                self.output.lost()
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._lost()
-            if self._sock is not None:
-                self._sock.close()
+            self.output.lost()
+            self.output.close()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self) -> None:
-        while not self._closed:
+        while not self.output.closed:
             idle = self.settings.keep_alive if not self.streams else math.inf
             with trio.move_on_after(idle) as timer:
                 try:
@@ -358,19 +296,13 @@ class Http2Connection:
             if timer.cancelled_caught:
                 self.h2.close_connection()
                 self.flush()
-                await self._drain()
+                await self.output.drain()
                 return
             if not data:
                 return
             if not self._receive(data):
-                await self._drain()
+                await self.output.drain()
                 return
-
-    async def _drain(self) -> None:
-        """Give the writer a moment (a second at most) to send a GOAWAY."""
-        with trio.move_on_after(1.0):
-            while self._out and not self._closed:
-                await self.wait_progress()
 
     def _receive(self, data: bytes | bytearray) -> bool:
         """Feed ``h2``; False when the connection must end (a protocol error: GOAWAY sent)."""
@@ -410,11 +342,11 @@ class Http2Connection:
             target = self.streams.get(event.stream_id or 0)
             if target is not None:
                 self._stream_gone(target)
-            self._wake()
+            self.output.wake()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            self._wake()
+            self.output.wake()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._lost()
+            self.output.lost()
 
     # -- the ASGI bridge ------------------------------------------------------
 
@@ -498,7 +430,7 @@ class Http2Connection:
 
     def _finish(self, stream: Http2Stream) -> None:
         """The app is done with ``stream``: end or reset it, and forget it."""
-        if not stream.gone and not self._closed:
+        if not stream.gone and not self.output.closed:
             if not stream.headers_sent:
                 stream.start(500, [(b"content-length", b"0")], end=True)
             elif not stream.ended:
@@ -510,4 +442,4 @@ class Http2Connection:
         stream.closed.set()
         self.streams.pop(stream.id, None)
         self.flush()
-        self._wake()
+        self.output.wake()
