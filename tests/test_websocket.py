@@ -47,6 +47,10 @@ async def receive_all(ws: Any) -> tuple[list[Frame], int | None]:
 
 @pytest.fixture
 async def stored(server: RunningServer) -> tuple[User, User, str]:
+    return await store_w1(server)
+
+
+async def store_w1(server: RunningServer) -> tuple[User, User, str]:
     """Alice stored a closed 3-chunk message "w1" in a thread with bob; eve is outside."""
     alice = await make_user(server.url, "alice")
     bob = await make_user(server.url, "bob")

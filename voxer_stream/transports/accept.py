@@ -16,10 +16,9 @@ Hypercorn's ``Lifespan`` runs the app's startup and shutdown as
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 from ssl import SSLContext
-from typing import Any
+from typing import Any, Final
 
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
@@ -30,20 +29,30 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from .h2server import PREFACE, RECEIVE_SIZE, Http2Connection, Http2Settings
+from .peer import Peer, socket_address
+from .wsserver import WebSocketConnection
+
+#: The longest HTTP/1.1 request head looked at (hypercorn takes over beyond it).
+MAX_HEAD: Final = 65536
+#: The WebSocket binding's path (VXS-11-1), served by ``wsserver``.
+WS_PATH: Final = b"/v1/ws"
 
 log = logging.getLogger(__name__)
 
 
 class Replayed(trio.abc.HalfCloseableStream):
-    """A socket stream with bytes already read from it put back in front.
+    """A stream with bytes already read from it put back in front.
 
-    No ``do_handshake`` attribute, so hypercorn's ``TCPServer`` takes it for the
-    plain TCP stream it is and reads ``.socket`` for the addresses."""
+    Every other attribute is the wrapped stream's, so hypercorn's ``TCPServer``
+    tells a TLS stream (``do_handshake``, already done, returns at once;
+    ``selected_alpn_protocol``) from a plain one (``socket``) as usual."""
 
-    def __init__(self, stream: trio.SocketStream, initial: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, initial: bytes) -> None:
         self.transport = stream
-        self.socket = stream.socket
         self._initial = initial
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._initial:
@@ -60,18 +69,41 @@ class Replayed(trio.abc.HalfCloseableStream):
         await self.transport.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.transport.send_eof()
+        await self.transport.send_eof()  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
 
-def _address(sock: trio.socket.SocketType, peer: bool) -> tuple[str, int] | None:
-    try:
-        address = sock.getpeername() if peer else sock.getsockname()
-    except OSError:
-        return None
-    return (str(address[0]), int(address[1]))
+async def read_head(stream: trio.abc.Stream, patience: float) -> bytes:
+    """The connection's first bytes: the HTTP/2 preface, or a whole HTTP/1.1 request
+    head (up to ``MAX_HEAD`` bytes); fewer if the peer stops sending, goes away, or
+    takes longer than ``patience`` seconds."""
+    initial = b""
+    with trio.move_on_after(patience):
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                break
+            initial += data
+            if len(initial) < len(PREFACE) and PREFACE.startswith(initial):
+                continue  # perhaps HTTP/2: wait for the whole preface
+            if initial.startswith(PREFACE) or b"\r\n\r\n" in initial or len(initial) > MAX_HEAD:
+                break
+    return initial
+
+
+def is_websocket_upgrade(head: bytes) -> bool:
+    """Whether an HTTP/1.1 request head asks for ``GET /v1/ws`` with Upgrade: websocket."""
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    request = lines[0].split(b" ")
+    if len(request) != 3 or request[0] != b"GET" or request[1].split(b"?")[0] != WS_PATH:
+        return False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+            return True
+    return False
 
 
 class Acceptor:
@@ -110,20 +142,24 @@ class Acceptor:
                 await trio.sleep_forever()
 
     def _http2(self, stream: trio.abc.Stream, sock: Any, initial: bytes = b"") -> Http2Connection:
-        return Http2Connection(
-            stream,
-            self.app,
-            settings=self.settings,
-            scheme="https" if self.ssl_context else "http",
-            client=_address(sock, True),
-            server=_address(sock, False),
-            state=self.state,
-            initial=initial,
-        )
+        peer = Peer.of(sock, tls=self.ssl_context is not None, state=self.state)
+        return Http2Connection(stream, self.app, peer, settings=self.settings, initial=initial)
 
-    def _hypercorn(self, stream: trio.abc.Stream) -> Callable[[], Any]:
-        server: Any = TCPServer(self.wrapped, self.hconfig, self.context, self.state, stream)  # type: ignore[arg-type]
-        return server.run  # type: ignore[no-any-return]
+    async def _http1(self, stream: trio.abc.Stream, sock: Any, head: bytes) -> None:
+        """An HTTP/1.1 connection: the WebSocket binding to ``wsserver``, the rest to
+        hypercorn (REST, and any later request on a kept-alive connection)."""
+        if is_websocket_upgrade(head):
+            peer = Peer.of(sock, tls=self.ssl_context is not None, state=self.state)
+            await WebSocketConnection(stream, self.app, peer, initial=head).run()
+            return
+        server: Any = TCPServer(
+            self.wrapped,
+            self.hconfig,
+            self.context,
+            self.state,
+            Replayed(stream, head),  # type: ignore[arg-type]
+        )
+        await server.run()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Sniff one connection and hand it to the server that speaks its protocol."""
@@ -140,25 +176,21 @@ class Acceptor:
                     return
                 if tls.selected_alpn_protocol() == "h2":
                     await self._http2(tls, stream.socket).run()
+                elif head := await read_head(tls, self.settings.keep_alive):
+                    await self._http1(tls, stream.socket, head)
                 else:
-                    await self._hypercorn(tls)()
+                    await trio.aclose_forcefully(tls)
                 return
-            initial = b""
-            with trio.move_on_after(self.settings.keep_alive):
-                while len(initial) < len(PREFACE) and PREFACE.startswith(initial):
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        break
-                    initial += data
-            if not initial:
+            head = await read_head(stream, self.settings.keep_alive)
+            if not head:
                 await trio.aclose_forcefully(stream)
-            elif initial.startswith(PREFACE):
-                await self._http2(stream, stream.socket, initial).run()
+            elif head.startswith(PREFACE):
+                await self._http2(stream, stream.socket, head).run()
             else:
-                await self._hypercorn(Replayed(stream, initial))()
+                await self._http1(stream, stream.socket, head)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await trio.aclose_forcefully(stream)
         except Exception:
             # One connection's bug must not take the server (and everyone's calls) down.
-            log.exception("connection from %s failed", _address(stream.socket, True))
+            log.exception("connection from %s failed", socket_address(stream.socket, True))
             await trio.aclose_forcefully(stream)

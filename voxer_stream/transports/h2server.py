@@ -48,6 +48,7 @@ import h2.settings
 import trio
 
 from .output import HIGH_WATER, Output
+from .peer import Peer
 
 log = logging.getLogger(__name__)
 
@@ -202,21 +203,15 @@ class Http2Connection:
         self,
         stream: trio.abc.Stream,
         app: App,
+        peer: Peer,
         *,
         settings: Http2Settings,
-        scheme: str,
-        client: tuple[str, int] | None,
-        server: tuple[str, int] | None,
-        state: dict[str, Any],
         initial: bytes = b"",
     ) -> None:
         self.stream = stream
         self.app = app
         self.settings = settings
-        self.scheme = scheme
-        self.client = client
-        self.server = server
-        self.state = state
+        self.peer = peer
         self._initial = initial
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self.h2 = h2.connection.H2Connection(config=config)
@@ -309,7 +304,7 @@ class Http2Connection:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            log.info("HTTP/2 connection error from %s: %s", self.client, exc)
+            log.info("HTTP/2 connection error from %s: %s", self.peer.client, exc)
             self.flush()
             return False
         for event in events:
@@ -368,15 +363,15 @@ class Http2Connection:
             "asgi": {"spec_version": "2.1", "version": "3.0"},
             "http_version": "2",
             "method": method.decode("ascii").upper(),
-            "scheme": self.scheme,
+            "scheme": self.peer.scheme,
             "path": unquote(raw_path.decode("ascii", "replace")),
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
             "headers": plain,
-            "client": self.client,
-            "server": self.server,
-            "state": dict(self.state),
+            "client": self.peer.client,
+            "server": self.peer.server,
+            "state": dict(self.peer.state),
             "extensions": {"http.response.trailers": {}, "voxer.h2": stream},
         }
 

@@ -28,6 +28,7 @@ from ..wire import (
     encode_frame,
 )
 from .streams import Receive, Scope, Send, Services, authenticate, header
+from .wsserver import WebSocketConnection
 
 SUBPROTOCOL: Final = "voxer-stream.v1"
 CLOSE_NORMAL: Final = 1000
@@ -57,6 +58,21 @@ class WebSocketSink:
         if not self.closed:
             self.closed = True
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class DirectWebSocketSink(WebSocketSink):
+    """A ``WebSocketSink`` on a ``wsserver`` connection, which is also a ``DirectSink``:
+    at the live edge ``publish`` writes each chunk to the connection itself."""
+
+    def __init__(self, send: Send, connection: WebSocketConnection) -> None:
+        super().__init__(send)
+        self._connection = connection
+
+    def try_send(self, frame: bytes) -> bool:
+        return not self.closed and self._connection.try_send(frame)
+
+    def flush(self) -> None:
+        self._connection.flush()
 
 
 class _Disconnected(Exception):
@@ -90,7 +106,12 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, services: 
     if SUBPROTOCOL in offered:
         accept["subprotocol"] = SUBPROTOCOL
     await send(accept)
-    sink = WebSocketSink(send)
+    connection = scope.get("extensions", {}).get("voxer.ws")
+    sink = (
+        DirectWebSocketSink(send, connection)
+        if isinstance(connection, WebSocketConnection)
+        else WebSocketSink(send)
+    )
     try:
         await _run(scope, receive, sink, services)
     except _Disconnected:
