@@ -275,10 +275,7 @@ class Http2Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self.output.lost()
-            self.output.close()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+            await self.output.aclose()
 
     async def _read_loop(self) -> None:
         while not self.output.closed:

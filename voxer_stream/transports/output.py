@@ -112,7 +112,12 @@ class Output:
         self._on_lost()
         self.wake()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """The connection is over: drop what is queued, close the socket (even while
+        being cancelled)."""
+        self.lost()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)

@@ -115,10 +115,7 @@ class WebSocketConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self.output.lost()
-            self.output.close()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+            await self.output.aclose()
 
     def _handshake(self, data: bytes) -> Request | None:
         try:
