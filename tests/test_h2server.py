@@ -9,15 +9,20 @@ stream reset by its client stops only that stream.
 from __future__ import annotations
 
 import struct
+from typing import Any, cast
 
+import h2.config
+import h2.connection
 import h2.errors
 import httpx
 import trio
+import trio.testing
 from conftest import RunningServer, Tls, make_thread, make_user
 from test_streaming import RawTalker, chunk
 
 from voxer_stream.client.h2conn import H2Connection, H2Stream
-from voxer_stream.transports.h2server import PREFACE
+from voxer_stream.transports.h2server import PREFACE, Http2Connection, Http2Settings, Http2Stream
+from voxer_stream.transports.peer import Peer
 from voxer_stream.transports.server import run_server
 from voxer_stream.wire import Chunk, End, Frame, FrameDecoder, Live, MessageInfo, Open
 
@@ -135,3 +140,42 @@ async def test_tls_alpn_chooses_the_server(tls: Tls) -> None:
                 response = await http.get("/v1/health")
                 assert response.status_code == 200 and response.http_version == version
         nursery.cancel_scope.cancel()
+
+
+async def test_live_data_frames_are_what_h2_would_send() -> None:
+    """``Http2Stream.try_send`` builds DATA frames without ``h2``: the bytes on the wire
+    and both send windows afterwards must be exactly those of ``send_data``, and once a
+    window is too small it must refuse, as ``send_data`` would."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [(":method", "GET"), (":path", "/x"), (":scheme", "http"), (":authority", "a")],
+        end_stream=True,
+    )
+    hello = client.data_to_send()
+    reference = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    left, _right = trio.testing.memory_stream_pair()
+    peer = Peer("http", None, None, {})
+    ours = Http2Connection(left, cast(Any, None), peer, settings=Http2Settings())
+    for machine in (reference, ours.h2):
+        machine.initiate_connection()
+        machine.receive_data(hello)
+        machine.send_headers(1, [(b":status", b"200")])
+        machine.data_to_send()
+    stream = Http2Stream(ours, 1, headers_sent=True)
+    refused = 0
+    for size in (1, 100, 16384, 30000, 16384, 16384, 16384, 3000, 16384):
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        expect_ok = size <= reference.local_flow_control_window(1) and size <= 16384
+        assert stream.try_send(payload) is expect_ok, size
+        refused += not expect_ok
+        if expect_ok:
+            reference.send_data(1, payload)
+        assert b"".join(ours._queued) == reference.data_to_send()
+        ours._queued.clear()
+        assert ours.h2.local_flow_control_window(1) == reference.local_flow_control_window(1)
+        assert ours.h2.outbound_flow_control_window == reference.outbound_flow_control_window
+    assert refused == 3  # too large a frame, then twice out of window
