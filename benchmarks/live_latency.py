@@ -59,12 +59,16 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
+
+from .h2sink import SinkResult, run_sinks
 
 FRAME_NS = 20_000_000  # one chunk = one 20 ms Opus packet
 SPIN_S = 0.002
@@ -223,6 +227,11 @@ class ListenerResult:
     error: str = ""
     #: (seq, monotonic_ns at receipt) for recording listeners only.
     arrivals: list[tuple[int, int]] = field(default_factory=list)
+    #: The raw response body's length and zlib.crc32: a sink (``benchmarks.h2sink``)
+    #: decodes nothing, so it is checked by comparing these with a recording listener's.
+    body_bytes: int = 0
+    body_crc32: int = 0
+    sink: bool = False
 
 
 def listener_main(
@@ -234,6 +243,7 @@ def listener_main(
     streams_per_conn: int,
     pipe: Conn,
     transport: str = "h2",
+    full_clients: bool = False,
 ) -> None:
     """``transport`` ``h2``: HTTP/2 listen streams (``_listen_all``); ``ws``: one
     WebSocket connection per listener (``_listen_all_ws``, ``streams_per_conn`` unused)."""
@@ -242,7 +252,15 @@ def listener_main(
             results = trio.run(_listen_all_ws, url, token, msg, indexes, recording, pipe)
         else:
             results = trio.run(
-                _listen_all, url, token, msg, indexes, recording, streams_per_conn, pipe
+                _listen_all,
+                url,
+                token,
+                msg,
+                indexes,
+                recording,
+                streams_per_conn,
+                pipe,
+                full_clients,
             )
         pipe.send(("done", [asdict(r) for r in results]))
     except BaseException as exc:
@@ -258,6 +276,7 @@ async def _listen_all(
     recording: list[int],
     streams_per_conn: int,
     pipe: Conn,
+    full_clients: bool = False,
 ) -> list[ListenerResult]:
     from voxer_stream.client.h2conn import H2Connection
 
@@ -265,26 +284,98 @@ async def _listen_all(
     ready = trio.Semaphore(0, max_value=len(results))
     path = f"/v1/messages/{msg}/listen?from_seq=0"
     headers = [("authorization", f"Bearer {token}")]
-    # Recording listeners get a connection of their own; the rest share.
-    groups: list[list[ListenerResult]] = [[r] for r in results if r.index in recording]
+    # Recording listeners get a connection of their own; the rest share, as sinks
+    # (``benchmarks.h2sink``, a few us per frame) unless ``full_clients``. The recording
+    # ones join last, so the fan-out reaches them late: their latency is an upper
+    # bound for their process's listeners, not an average.
+    recorders = [r for r in results if r.index in recording]
     shared = [r for r in results if r.index not in recording]
-    for start in range(0, len(shared), streams_per_conn):
-        groups.append(shared[start : start + streams_per_conn])
-    async with contextlib.AsyncExitStack() as stack:
+    groups: list[list[ListenerResult]] = []
+    if full_clients:
+        for start in range(0, len(shared), streams_per_conn):
+            groups.append(shared[start : start + streams_per_conn])
+    groups.extend([r] for r in recorders)
+    sinks: list[SinkResult] = []
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        if shared and not full_clients:
+            nursery.start_soon(
+                _run_sinks, url, path, token, len(shared), streams_per_conn, ready, sinks
+            )
+            with trio.fail_after(60):
+                for _ in shared:
+                    await ready.acquire()
         conns = []
         for _group in groups:
             conns.append(await stack.enter_async_context(await H2Connection.connect(url)))
-        async with trio.open_nursery() as nursery:
-            for conn, group in zip(conns, groups, strict=True):
-                for result in group:
-                    stream = await conn.request("GET", path, headers, end_stream=True)
-                    record = result.index in recording
-                    nursery.start_soon(_listen_one, stream, result, record, ready)
-            with trio.fail_after(60):
-                for _ in results:
-                    await ready.acquire()
-            pipe.send(("ready",))
+        for conn, group in zip(conns, groups, strict=True):
+            for result in group:
+                stream = await conn.request("GET", path, headers, end_stream=True)
+                record = result.index in recording
+                nursery.start_soon(_listen_one, stream, result, record, ready)
+        with trio.fail_after(60):
+            for _ in range(sum(len(group) for group in groups)):
+                await ready.acquire()
+        pipe.send(("ready",))
+    if shared and not full_clients:
+        for result, sink in zip(shared, sinks, strict=True):
+            result.sink = True
+            result.ended = sink.ended and sink.status == 200
+            result.body_bytes, result.body_crc32 = sink.body_bytes, sink.crc32
+            if sink.error or sink.status != 200:
+                result.error = f"sink {result.index}: HTTP {sink.status} {sink.error}"
     return results
+
+
+async def _run_sinks(
+    url: str,
+    path: str,
+    token: str,
+    count: int,
+    streams_per_conn: int,
+    ready: trio.Semaphore,
+    out: list[SinkResult],
+) -> None:
+    parts = urlsplit(url)
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+
+    def all_ready() -> None:
+        for _ in range(count):
+            ready.release()
+
+    assert parts.hostname is not None and parts.port is not None
+    out.extend(
+        await run_sinks(
+            parts.hostname, parts.port, path, headers, count, streams_per_conn, all_ready
+        )
+    )
+
+
+def check_sinks(listeners: list[dict[str, Any]]) -> None:
+    """Fill in a sink's chunk counts from a recording listener whose body it matches.
+
+    Every listener joins before the first chunk, so every correct body is the same
+    bytes (message_info, live, the chunks, end): a sink whose length and crc32 equal a
+    recording listener's got exactly its chunks, once, in order. One that differs
+    counts as an error and as having lost everything it cannot vouch for."""
+    references = [x for x in listeners if not x["sink"] and x["ended"] and not x["error"]]
+    for sink in (x for x in listeners if x["sink"]):
+        match = next(
+            (
+                r
+                for r in references
+                if (r["body_bytes"], r["body_crc32"]) == (sink["body_bytes"], sink["body_crc32"])
+            ),
+            None,
+        )
+        if match is not None:
+            for key in ("received", "lost", "reordered", "duplicated", "distinct"):
+                sink[key] = match[key]
+        elif sink["ended"]:
+            sink["ended"] = False
+            sink["error"] = sink["error"] or (
+                f"sink {sink['index']}: body ({sink['body_bytes']} bytes) differs from "
+                "every recording listener's"
+            )
 
 
 class _WsListenStream:
@@ -358,6 +449,8 @@ async def _listen_one(
             raise RuntimeError(f"listen: HTTP {status}")
         while (data := await stream.receive()) is not None:
             now = time.monotonic_ns()
+            result.body_bytes += len(data)
+            result.body_crc32 = zlib.crc32(data, result.body_crc32)
             decoder.feed(data)
             for frame in decoder:
                 if isinstance(frame, Chunk):
@@ -605,7 +698,8 @@ def measure(
             parent, child = ctx.Pipe()
             if relay:
                 proc = ctx.Process(
-                    target=relay_listener_main, args=(server.url, msg, indexes, recording, child)
+                    target=relay_listener_main,
+                    args=(server.url, msg, indexes, recording, child, args.full_clients),
                 )
             else:
                 proc = ctx.Process(
@@ -619,6 +713,7 @@ def measure(
                         args.streams_per_conn,
                         child,
                         args.transport,
+                        args.full_clients,
                     ),
                 )
             proc.start()
@@ -638,6 +733,7 @@ def measure(
         listeners: list[dict[str, Any]] = []
         for pipe in listener_pipes:
             listeners.extend(_expect(pipe, "done", timeout, "listeners"))
+        check_sinks(listeners)
         finished = True
     finally:
         for proc in procs:
@@ -997,6 +1093,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=None,
         help="HTTP/2 listen streams per shared connection (50); not with --transport ws",
+    )
+    parser.add_argument(
+        "--full-clients",
+        action="store_true",
+        help="every listener decodes and checks every frame with the project's client "
+        "(default: only the recording ones; the others are byte-counting sinks, "
+        "checked against them by length and crc32)",
     )
     parser.add_argument("--listener-procs", type=int, default=None, help="default: by N")
     parser.add_argument(

@@ -12,6 +12,7 @@ on stderr and exit code 1 (2 for usage errors, from argparse).
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import json
 import logging
@@ -139,6 +140,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if bool(args.certfile) != bool(args.keyfile):
         raise CliError("--certfile and --keyfile go together")
+    # What is imported by now (the server's modules and their libraries, ~50,000
+    # objects) lives as long as the process: keep it out of the cyclic collector's
+    # full passes, which stop every live stream while they scan. At 1,000 listeners a
+    # full pass measured 48-140 ms without this and 4-29 ms with it.
+    gc.freeze()
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

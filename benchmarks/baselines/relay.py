@@ -40,6 +40,7 @@ import contextlib
 import signal
 import sys
 import time
+import zlib
 from typing import Any
 
 import trio
@@ -106,7 +107,12 @@ class Relay:
         return self.messages.setdefault(msg, Message())
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        """One connection; its first frame says whether it is a talker or a listener."""
+        """One connection; its first frame says whether it is a talker or a listener.
+        The connection is closed when its operation ends (a listener reads to EOF)."""
+        async with stream:
+            await self._handle(stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         with contextlib.suppress(OSError):
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
         decoder = FrameDecoder()
@@ -304,37 +310,75 @@ class _ListenStream:
 
 
 def relay_listener_main(
-    url: str, msg: str, indexes: list[int], recording: list[int], pipe: Any
+    url: str,
+    msg: str,
+    indexes: list[int],
+    recording: list[int],
+    pipe: Any,
+    full_clients: bool = False,
 ) -> None:
     from dataclasses import asdict
 
     try:
-        results = trio.run(_relay_listen_all, url, msg, indexes, recording, pipe)
+        results = trio.run(_relay_listen_all, url, msg, indexes, recording, pipe, full_clients)
         pipe.send(("done", [asdict(r) for r in results]))
     except BaseException as exc:
         pipe.send(("error", f"relay listeners: {exc!r}"))
         raise
 
 
+async def _sink(stream: trio.SocketStream, msg: str, result: Any, ready: trio.Semaphore) -> None:
+    """A plain listener as cheap as the HTTP/2 ones (``benchmarks.h2sink``): it decodes
+    nothing, only counts and checksums the bytes until the relay closes after ``end``;
+    ``live_latency.check_sinks`` then compares them with a recording listener's."""
+    result.sink = True
+    is_ready = False
+    try:
+        await stream.send_all(encode_frame(Listen(msg=msg, from_seq=0)))
+        while data := await stream.receive_some(RECEIVE_SIZE):
+            result.body_bytes += len(data)
+            result.body_crc32 = zlib.crc32(data, result.body_crc32)
+            if not is_ready:
+                is_ready = True
+                ready.release()  # the first bytes are ``live``: no chunk is held yet
+        result.ended = True
+    except (trio.BrokenResourceError, OSError) as exc:
+        result.error = f"relay sink {result.index}: {exc!r}"
+    finally:
+        if not is_ready:
+            ready.release()
+
+
 async def _relay_listen_all(
-    url: str, msg: str, indexes: list[int], recording: list[int], pipe: Any
+    url: str,
+    msg: str,
+    indexes: list[int],
+    recording: list[int],
+    pipe: Any,
+    full_clients: bool = False,
 ) -> list[Any]:
     from benchmarks.live_latency import ListenerResult, _listen_one
 
     results = [ListenerResult(index=i) for i in indexes]
     ready = trio.Semaphore(0, max_value=len(results))
-    async with contextlib.AsyncExitStack() as stack:
-        streams = []
-        for _ in results:  # one connection per listener: raw TCP has no streams
-            streams.append(await stack.enter_async_context(await _connect(url)))
-        async with trio.open_nursery() as nursery:
-            for stream, result in zip(streams, results, strict=True):
-                listen = _ListenStream(stream, msg)
-                nursery.start_soon(_listen_one, listen, result, result.index in recording, ready)
+    # Sinks first, recording listeners last: as in ``live_latency._listen_all``.
+    sinks = [r for r in results if r.index not in recording and not full_clients]
+    clients = [r for r in results if r not in sinks]
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        for group in (sinks, clients):
+            # One connection per listener: raw TCP has no streams.
+            for result in group:
+                stream = await stack.enter_async_context(await _connect(url))
+                if result in sinks:
+                    nursery.start_soon(_sink, stream, msg, result, ready)
+                else:
+                    listen = _ListenStream(stream, msg)
+                    record = result.index in recording
+                    nursery.start_soon(_listen_one, listen, result, record, ready)
             with trio.fail_after(60):
-                for _ in results:
+                for _ in group:
                     await ready.acquire()
-            pipe.send(("ready",))
+        pipe.send(("ready",))
     return results
 
 
