@@ -29,6 +29,8 @@ SCRIPTS = {
     "store-append": "benchmarks.store_append",
 }
 #: What ``all`` runs, in order: (scenario and its arguments, subdirectory of --out).
+#: The one-connection-per-listener and WebSocket variants stop at N = 100 (unless
+#: --quick): 1,000 connections each would double the run for one more point.
 ALL_RUNS: list[tuple[list[str], str]] = [
     (["live-latency"], ""),
     (["live-latency", "--streams-per-conn", "1"], "one-connection-per-listener"),
@@ -38,6 +40,10 @@ ALL_RUNS: list[tuple[list[str], str]] = [
     (["durability"], ""),
     (["slow-listeners"], ""),
 ]
+VARIANT_LISTENERS = {
+    "one-connection-per-listener": ["--listeners", "1", "10", "100"],
+    "websocket": ["--listeners", "1", "10", "100"],
+}
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results"
 
@@ -86,7 +92,7 @@ def run_all(argv: list[str]) -> int:
             "-m",
             "benchmarks",
             *scenario,
-            *(["--quick"] if args.quick else []),
+            *(["--quick"] if args.quick else VARIANT_LISTENERS.get(sub, [])),
             "--out",
             str(out / sub if sub else out),
         ]

@@ -1,6 +1,6 @@
 """live-latency: one talker, N live listeners over HTTP/2 or WebSocket, latency per chunk.
 
-``python -m benchmarks live-latency [--quick] [--duration 25] [--listeners 1 10 100]
+``python -m benchmarks live-latency [--quick] [--duration 25] [--listeners 1 10 100 1000]
 [--transport h2|ws]``
 
 For each N the scenario starts the shipped server as its own process, creates two
@@ -1079,7 +1079,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="seconds per run (25: 5 recorders x 2 rounds give over 10,000 samples)",
     )
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds discarded (1)")
-    parser.add_argument("--listeners", type=int, nargs="+", default=None, help="N (1 10 100)")
+    parser.add_argument("--listeners", type=int, nargs="+", default=None, help="N (1 10 100 1000)")
     parser.add_argument("--record", type=int, default=5, help="recording listeners per run")
     parser.add_argument(
         "--transport",
@@ -1121,7 +1121,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.duration is None:
         args.duration = 3.0 if args.quick else 25.0
     if args.listeners is None:
-        args.listeners = [1, 10] if args.quick else [1, 10, 100]
+        args.listeners = [1, 10] if args.quick else [1, 10, 100, 1000]
     if args.baseline is None:
         args.baseline = "none" if args.quick else "relay"
     if args.rounds is None:

@@ -145,7 +145,8 @@ async def run_actions(scenario: Scenario, actions: list[tuple[object, ...]]) -> 
                 assert isinstance(index, int)
                 listener = listeners[index % len(listeners)]
                 current = listener.connections[-1]
-                if kind == "stall":
+                if kind == "stall" and current.reading.is_set():
+                    # A second stall must not orphan the reader waiting on the first.
                     current.reading = trio.Event()
                 elif kind == "resume":
                     current.reading.set()
