@@ -62,6 +62,7 @@ from benchmarks.live_latency import (
     Conn,
     Server,
     _expect,
+    check_sinks,
     cpu_seconds,
     listener_main,
     machine,
@@ -422,6 +423,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         timeout = 60 + count * CHUNK_S
         talker_result = _expect(talker_pipe, "done", timeout, "talker")
         listener_results = _expect(listener_pipe, "done", timeout, "listeners")
+        check_sinks(listener_results)  # the live listeners that are byte-counting sinks
         joins = _expect(joiner_pipe, "done", timeout, "joiner")
         finished = True
     finally:
