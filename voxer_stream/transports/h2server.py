@@ -176,7 +176,12 @@ class Http2Stream:
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         """Write ``data``, waiting for flow-control credit and buffer room as needed.
-        A stream that is gone swallows what is sent (its task is being cancelled)."""
+        A stream that is gone swallows what is sent (its task is being cancelled).
+
+        Every frame written is followed by a checkpoint: a listener catching up on a
+        long backlog from memory would otherwise hold the event loop for the whole of
+        it (nothing else it does waits), and the live path, the talker's ``publish``
+        included, would wait behind it."""
         conn = self.conn
         view = memoryview(data)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -207,6 +212,7 @@ class Http2Stream:
                 self.ended = True
                 end = False
             conn.flush()
+            await trio.lowlevel.checkpoint()
 
     def reset(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
         if self.gone:

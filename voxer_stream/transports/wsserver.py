@@ -249,6 +249,8 @@ class WebSocketConnection:
                     event = TextMessage(data=str(message.get("text", "")))
                 self.flush()  # anything publish wrote goes first
                 self.output.write(self.ws.send(event))
+                # Let the live path in between the messages of a long catch-up.
+                await trio.lowlevel.checkpoint()
             elif kind == "websocket.close":
                 if not self.accepted:
                     self.output.write(self.ws.send(RejectConnection(status_code=403)))
