@@ -15,12 +15,14 @@ import h2.config
 import h2.connection
 import h2.errors
 import httpx
+import pytest
 import trio
 import trio.testing
 from conftest import RunningServer, Tls, make_thread, make_user
 from test_streaming import RawTalker, chunk
 
 from voxer_stream.client.h2conn import H2Connection, H2Stream
+from voxer_stream.transports.accept import is_websocket_upgrade
 from voxer_stream.transports.h2server import PREFACE, Http2Connection, Http2Settings, Http2Stream
 from voxer_stream.transports.peer import Peer
 from voxer_stream.transports.server import run_server
@@ -179,3 +181,20 @@ async def test_live_data_frames_are_what_h2_would_send() -> None:
         assert ours.h2.local_flow_control_window(1) == reference.local_flow_control_window(1)
         assert ours.h2.outbound_flow_control_window == reference.outbound_flow_control_window
     assert refused == 3  # too large a frame, then twice out of window
+
+
+@pytest.mark.parametrize(
+    ("head", "websocket"),
+    [
+        (b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", True),
+        (b"GET /v1/ws?x=1 HTTP/1.1\r\nhost: x\r\nUPGRADE:  WebSocket\r\n\r\n", True),
+        (b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", False),
+        (b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"POST /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", False),
+        (b"GET /v1/wsx HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", False),
+        (b"GET /v1/health HTTP/1.1\r\nX-Note: Upgrade: websocket\r\n\r\n", False),
+        (b"garbage", False),
+    ],
+)
+def test_only_a_websocket_upgrade_of_v1_ws_goes_to_wsserver(head: bytes, websocket: bool) -> None:
+    assert is_websocket_upgrade(head) is websocket
