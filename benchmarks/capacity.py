@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def main(argv: list[str]) -> int:
     best = next((s for s in reversed(steps) if s["held"]), None)
     result = {
         "scenario": "capacity",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": shlex.join(["python", "-m", "benchmarks", "capacity", *argv]),
         "machine": machine(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

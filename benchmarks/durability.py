@@ -477,6 +477,7 @@ def main(argv: list[str]) -> int:
                     )
     result = {
         "scenario": "durability",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": shlex.join(["python", "-m", "benchmarks", "durability", *argv]),
         "machine": machine(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
