@@ -27,7 +27,7 @@ async def test_live_listeners_are_written_by_publish(
     server: RunningServer, stored, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three WebSocket listeners at the live edge: every chunk reaches each, in order,
-    and almost all of them by ``try_send`` from the talker's ``publish``."""
+    and most of them by ``try_send`` from the talker's ``publish``."""
     direct = 0
     try_send = WebSocketConnection.try_send
 
@@ -62,7 +62,7 @@ async def test_live_listeners_are_written_by_publish(
                 frames, code = await receive_all(ws)
                 assert [f.seq for f in frames if isinstance(f, Chunk)] == list(range(1, 41))
                 assert frames[-1] == End(chunks=41, duration=41 * 960) and code == 1000
-    assert direct >= 100, direct
+    assert direct >= 60, direct  # most of the 120; the rest went through the tail
 
 
 async def test_ping_is_answered(server: RunningServer, stored) -> None:
