@@ -67,6 +67,7 @@ from benchmarks.live_latency import (
     listener_main,
     machine,
     opus_packets,
+    run_in_process,
     setup_accounts,
     talker_main,
 )
@@ -168,23 +169,9 @@ def joiner_main(
     wire_decoder: bool,
     pipe: Conn,
 ) -> None:
-    try:
-        results = trio.run(
-            _join_all,
-            url,
-            token,
-            msg,
-            [JoinPlan(**p) for p in plans],
-            server_pid,
-            after_live_s,
-            min_gap_s,
-            wire_decoder,
-            pipe,
-        )
-        pipe.send(("done", results))
-    except BaseException as exc:
-        pipe.send(("error", f"joiner: {exc!r}"))
-        raise
+    plan_list = [JoinPlan(**p) for p in plans]
+    args = (url, token, msg, plan_list, server_pid, after_live_s, min_gap_s, wire_decoder, pipe)
+    run_in_process(pipe, "joiner", _join_all, *args)
 
 
 async def _join_all(

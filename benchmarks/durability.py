@@ -43,6 +43,7 @@ from .live_latency import (
     _expect,
     machine,
     opus_packets,
+    run_in_process,
 )
 
 LISTENERS = 5
@@ -105,14 +106,8 @@ def load_main(
     follow: list[int],
     pipe: Any,
 ) -> None:
-    try:
-        result = trio.run(
-            _load, url, tokens, listen_token, threads, packets, warmup_chunks, follow, pipe
-        )
-        pipe.send(("done", result.__dict__))
-    except BaseException as exc:
-        pipe.send(("error", f"load: {exc!r}"))
-        raise
+    args = (url, tokens, listen_token, threads, packets, warmup_chunks, follow, pipe)
+    run_in_process(pipe, "load", _load, *args)
 
 
 async def _load(

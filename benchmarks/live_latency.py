@@ -61,7 +61,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -109,15 +109,30 @@ class TalkerResult:
     sent_at: list[int] = field(default_factory=list)
 
 
+def run_in_process(pipe: Conn, what: str, main: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """The body of every load-generator process: run ``main(*args)`` under trio and
+    send its result (dataclasses as dicts) to the parent as ``("done", result)``, or
+    ``("error", ...)`` before re-raising, so the parent never waits for a dead child."""
+    try:
+        result = trio.run(main, *args)
+        pipe.send(("done", _plain(result)))
+    except BaseException as exc:
+        pipe.send(("error", f"{what}: {exc!r}"))
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def talker_main(
     url: str, token: str, thread: str, msg: str, packets: list[bytes], pipe: Conn
 ) -> None:
-    try:
-        result = trio.run(_talk, url, token, thread, msg, packets, pipe)
-        pipe.send(("done", asdict(result)))
-    except BaseException as exc:
-        pipe.send(("error", f"talker: {exc!r}"))
-        raise
+    run_in_process(pipe, "talker", _talk, url, token, thread, msg, packets, pipe)
 
 
 async def _talk(
@@ -247,25 +262,11 @@ def listener_main(
 ) -> None:
     """``transport`` ``h2``: HTTP/2 listen streams (``_listen_all``); ``ws``: one
     WebSocket connection per listener (``_listen_all_ws``, ``streams_per_conn`` unused)."""
-    try:
-        if transport == "ws":
-            results = trio.run(_listen_all_ws, url, token, msg, indexes, recording, pipe)
-        else:
-            results = trio.run(
-                _listen_all,
-                url,
-                token,
-                msg,
-                indexes,
-                recording,
-                streams_per_conn,
-                pipe,
-                full_clients,
-            )
-        pipe.send(("done", [asdict(r) for r in results]))
-    except BaseException as exc:
-        pipe.send(("error", f"listeners: {exc!r}"))
-        raise
+    if transport == "ws":
+        run_in_process(pipe, "listeners", _listen_all_ws, url, token, msg, indexes, recording, pipe)
+    else:
+        args = (url, token, msg, indexes, recording, streams_per_conn, pipe, full_clients)
+        run_in_process(pipe, "listeners", _listen_all, *args)
 
 
 async def _listen_all(

@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from .live_latency import (
     machine,
     measure_window,
     opus_packets,
+    run_in_process,
     setup_accounts,
     talker_main,
 )
@@ -130,14 +131,8 @@ def listeners_main(
     """One listener process: healthy listeners (``stalls`` False), sharing connections
     of ``streams_per_conn`` streams, or the stalling ones, one connection each with a
     receive window of ``window`` bytes, driven by ``go``/``resume`` on ``pipe``."""
-    try:
-        results = trio.run(
-            _listen_all, url, token, msg, indexes, stalls, streams_per_conn, window, pipe
-        )
-        pipe.send(("done", [asdict(r) for r in results]))
-    except BaseException as exc:
-        pipe.send(("error", f"listeners: {exc!r}"))
-        raise
+    args = (url, token, msg, indexes, stalls, streams_per_conn, window, pipe)
+    run_in_process(pipe, "listeners", _listen_all, *args)
 
 
 async def _listen_all(

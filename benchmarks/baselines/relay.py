@@ -244,14 +244,9 @@ async def _connect(url: str) -> trio.SocketStream:
 
 def relay_talker_main(url: str, msg: str, packets: list[bytes], pipe: Any) -> None:
     """The relay's talker process: the same open-loop schedule as the HTTP/2 talker."""
-    from dataclasses import asdict
+    from benchmarks.live_latency import run_in_process
 
-    try:
-        result = trio.run(_relay_talk, url, msg, packets, pipe)
-        pipe.send(("done", asdict(result)))
-    except BaseException as exc:
-        pipe.send(("error", f"relay talker: {exc!r}"))
-        raise
+    run_in_process(pipe, "relay talker", _relay_talk, url, msg, packets, pipe)
 
 
 async def _relay_talk(url: str, msg: str, packets: list[bytes], pipe: Any) -> Any:
@@ -317,14 +312,10 @@ def relay_listener_main(
     pipe: Any,
     full_clients: bool = False,
 ) -> None:
-    from dataclasses import asdict
+    from benchmarks.live_latency import run_in_process
 
-    try:
-        results = trio.run(_relay_listen_all, url, msg, indexes, recording, pipe, full_clients)
-        pipe.send(("done", [asdict(r) for r in results]))
-    except BaseException as exc:
-        pipe.send(("error", f"relay listeners: {exc!r}"))
-        raise
+    args = (url, msg, indexes, recording, pipe, full_clients)
+    run_in_process(pipe, "relay listeners", _relay_listen_all, *args)
 
 
 async def _sink(stream: trio.SocketStream, msg: str, result: Any, ready: trio.Semaphore) -> None:

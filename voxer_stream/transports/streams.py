@@ -96,36 +96,30 @@ class H2Sink:
 
     def __init__(self, stream: Http2Stream) -> None:
         self.stream = stream
-        self.started = False
-        self.ended = False
 
     def _start(self, status: int) -> None:
-        self.started = True
         self.stream.start(status, [(b"content-type", CBOR_SEQ), (b"cache-control", b"no-store")])
 
     async def send(self, frames: Sequence[bytes]) -> None:
-        if not self.started:
+        if not self.stream.headers_sent:
             self._start(200)
         await self.stream.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def try_send(self, frame: bytes) -> bool:
-        return self.started and not self.ended and self.stream.try_send(frame)
+        return self.stream.try_send(frame)  # refuses before the headers and after the end
 
     def flush(self) -> None:
         self.stream.flush()
 
     async def fail(self, exc: ProtocolError, data: bytes) -> None:
-        if not self.started:
+        if not self.stream.headers_sent:
             self._start(exc.code.http_status)
         await self.finish(data)
 
     async def finish(self, data: bytes = b"") -> None:
-        if self.ended:
-            return
-        if not self.started:
+        if not self.stream.headers_sent:
             self._start(200)
-        self.ended = True
-        await self.stream.send(data, end=True)
+        await self.stream.send(data, end=True)  # nothing once ended or gone
 
 
 def make_sink(scope: Scope, send: Send) -> HttpSink | H2Sink:
