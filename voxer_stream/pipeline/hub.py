@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -39,6 +39,9 @@ from ..wire import Chunk, ErrorCode, ProtocolError, encode_frame
 from .sink import DirectSink
 
 log = logging.getLogger(__name__)
+
+#: Messages a thread watcher may be behind before it misses one (``Hub.watch``).
+WATCH_BUFFER = 64
 
 
 @dataclass(eq=False)
@@ -251,6 +254,7 @@ class Hub:
         self.abandon_after = abandon_after
         #: Set when the server begins a graceful shutdown (VXS-5.6-3).
         self.shutting_down = trio.Event()
+        self._watchers: dict[str, list[trio.MemorySendChannel[LiveMessage]]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -286,6 +290,32 @@ class Hub:
             await self.store.close_message(live.id, live.next_seq, live.end_ts)
             live.mark_closed()
             del self._live[live.id]
+
+    @contextmanager
+    def watch(self, thread_id: str) -> Iterator[trio.MemoryReceiveChannel[LiveMessage]]:
+        """The live messages that start in ``thread_id`` from now on, as they start
+        (``announce``): what a monitoring listener plays. A watcher that falls more than
+        ``WATCH_BUFFER`` messages behind misses the later ones rather than holding them."""
+        send, receive = trio.open_memory_channel[LiveMessage](WATCH_BUFFER)
+        self._watchers.setdefault(thread_id, []).append(send)
+        try:
+            yield receive
+        finally:
+            watchers = self._watchers[thread_id]
+            watchers.remove(send)
+            if not watchers:
+                del self._watchers[thread_id]
+            send.close()
+
+    def announce(self, live: LiveMessage) -> None:
+        """A talker started (or resumed) ``live``: tell the thread's watchers."""
+        for send in self._watchers.get(live.record.thread_id, ()):
+            try:
+                send.send_nowait(live)
+            except trio.WouldBlock:
+                log.warning(
+                    "a watcher of thread %s missed message %s", live.record.thread_id, live.id
+                )
 
     async def raise_on_shutdown(self) -> None:
         """For a stream's nursery: fail it with SHUTTING_DOWN when the server stops."""

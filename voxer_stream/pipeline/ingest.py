@@ -176,6 +176,8 @@ class UploadSession:
             return None
         if live.uploader is not None:
             live.uploader.supersede()
+        else:
+            self.hub.announce(live)  # someone starts (or resumes) talking
         live.uploader = self._uploader
         self.live = live
         await self._send(self.machine.accept_open(live.durable, closed=False))

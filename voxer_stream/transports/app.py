@@ -22,6 +22,7 @@ from ..service.identity import bearer_token
 from ..store.base import Account, MessageRecord, Thread
 from ..wire import ErrorCode, ProtocolError
 from .streams import Receive, Scope, Send, Services, listen, upload
+from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, whep_listen
 from .websocket import serve_websocket
 
 LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
@@ -44,7 +45,7 @@ def _message_json(record: MessageRecord) -> dict[str, Any]:
     }
 
 
-def create_rest_app(services: Services) -> QuartTrio:
+def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     store = services.hub.store
 
@@ -198,16 +199,81 @@ def create_rest_app(services: Services) -> QuartTrio:
             headers={"Content-Disposition": f'attachment; filename="{record.id}.opus"'},
         )
 
+    if rtc is not None:
+        add_webrtc_routes(app, rtc, current)
     return app
+
+
+def add_webrtc_routes(app: QuartTrio, rtc: RtcGateway, current: Any) -> None:
+    """The WebRTC binding's signalling (spec section 12): WHIP and WHEP over REST."""
+
+    async def offer() -> str:
+        data = await request.get_data(as_text=False)
+        try:
+            return data.decode("utf-8") if isinstance(data, bytes) else data
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST, "the SDP offer is not UTF-8", "VXS-12-2"
+            ) from None
+
+    def created(kind: str, session_id: str, answer: str, **extra: str) -> Response:
+        return Response(
+            answer,
+            status=201,
+            content_type=SDP,
+            headers={"Location": f"/v1/{kind}/{session_id}", **extra},
+        )
+
+    @app.post("/v1/threads/<thread_id>/whip")
+    async def whip(thread_id: str) -> Any:
+        account = await current()
+        session, answer = await rtc.whip(account, thread_id, request.args.get("msg"), await offer())
+        return created("whip", session.id, answer, **{"Voxer-Message": session.msg})
+
+    @app.get("/v1/whip/<session_id>")
+    async def whip_status(session_id: str) -> Any:
+        account = await current()
+        return rtc.find(account, session_id, WhipSession).status()
+
+    @app.delete("/v1/whip/<session_id>")
+    async def whip_end(session_id: str) -> Any:
+        account = await current()
+        session = await rtc.end_whip(rtc.find(account, session_id, WhipSession))
+        if session.closed is None and session.error is not None:
+            raise session.error
+        return session.status()
+
+    @app.post("/v1/messages/<message_id>/whep")
+    async def whep_message(message_id: str) -> Any:
+        account = await current()
+        listen = whep_listen(message_id, request.query_string)
+        session, answer = await rtc.whep_message(account, listen, await offer())
+        return created("whep", session.id, answer)
+
+    @app.post("/v1/threads/<thread_id>/whep")
+    async def whep_thread(thread_id: str) -> Any:
+        account = await current()
+        session, answer = await rtc.whep_thread(account, thread_id, await offer())
+        return created("whep", session.id, answer)
+
+    @app.get("/v1/whep/<session_id>")
+    async def whep_status(session_id: str) -> Any:
+        account = await current()
+        return rtc.find(account, session_id, WhepSession).status()
+
+    @app.delete("/v1/whep/<session_id>")
+    async def whep_end(session_id: str) -> Any:
+        account = await current()
+        return (await rtc.end_whep(rtc.find(account, session_id, WhepSession))).status()
 
 
 class Router:
     """Sends the live path to the raw ASGI handlers, the rest to Quart."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, rtc: RtcGateway | None = None) -> None:
         self.services = services
         # Quart's own ASGI types are narrower TypedDicts than our plain dicts.
-        self.rest: Any = create_rest_app(services)
+        self.rest: Any = create_rest_app(services, rtc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -31,6 +31,7 @@ from .accept import Acceptor
 from .app import Router
 from .h2server import Http2Settings
 from .streams import Services
+from .webrtc import RtcGateway
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ServerConfig:
     #: for measuring what storage costs, never for data anyone wants to keep).
     storage: str = "sqlite"
     max_streams: int = 2000
+    #: A WHIP session quiet for this long closes its message (VXS-12-4).
+    rtc_idle_timeout: float = 5.0
 
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -97,7 +100,9 @@ async def run_server(
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
         nursery.start_soon(hub.run_abandon_watchdog)
         services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
-        app: Any = Router(services)
+        rtc = RtcGateway(services, host=config.host, idle_timeout=config.rtc_idle_timeout)
+        await nursery.start(rtc.serve)
+        app: Any = Router(services, rtc)
         hconfig = hypercorn_config(config)
         acceptor = Acceptor(
             app,
