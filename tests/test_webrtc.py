@@ -3,15 +3,20 @@ real server, HTTP/2 on the other side. What arrives is what was sent, in order."
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 import trio
+from aiortc import RTCRtpSender
 
 from tests.conftest import RunningServer, make_thread, make_user
 from voxer_stream.client import collect, talk
 from voxer_stream.client.rtc import RtcClient
 from voxer_stream.client.talker import chunks_from_packets, realtime
 from voxer_stream.media.encode import encode_file, tone_wav
-from voxer_stream.media.rtc import RtpArrival, Unwrapper
+from voxer_stream.media.rtc import RtpArrival, Unwrapper, loopback_configuration
+from voxer_stream.transports.server import ServerConfig, run_server
 from voxer_stream.wire import Listen, Open
 
 
@@ -71,3 +76,271 @@ async def test_http2_talker_to_whep_listener(server: RunningServer, packets: lis
     assert times == [i * 960 for i in range(len(packets))]
     seqs = [(a.sequence_number - arrivals[0].sequence_number) % 65536 for a in arrivals]
     assert seqs == list(range(len(packets)))
+
+
+async def offer_sdp(*, send: bool, opus: bool = True) -> str:
+    """A real aiortc offer (in a throwaway asyncio loop thread)."""
+    from aiortc import RTCPeerConnection
+
+    from voxer_stream.media.rtc import AsyncioThread, PacketTrack, prefer_opus
+
+    async def make() -> str:
+        pc = RTCPeerConnection(loopback_configuration())
+        if send:
+            transceiver = pc.addTransceiver(PacketTrack(), direction="sendonly")
+        else:
+            transceiver = pc.addTransceiver("audio", direction="recvonly")
+        if opus:
+            prefer_opus(transceiver)
+        else:
+            codecs = RTCRtpSender.getCapabilities("audio").codecs
+            transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "audio/PCMU"])
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    aio = AsyncioThread("offer")
+    try:
+        return await aio.run(make)
+    finally:
+        aio.stop()
+
+
+async def post(url: str, path: str, token: str | None, body: str) -> httpx.Response:
+    headers = {"Content-Type": "application/sdp"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.post(path, content=body.encode(), headers=headers)
+
+
+def error_of(response: httpx.Response) -> tuple[int, int, str]:
+    error = response.json()["error"]
+    return response.status_code, error["code"], error["name"]
+
+
+async def test_signalling_refusals_use_the_registry(server: RunningServer) -> None:
+    """VXS-12-2, VXS-12-5: every refusal is a registry error, before any peer exists."""
+    alice = await make_user(server.url, "alice")
+    eve = await make_user(server.url, "eve")
+    thread = await make_thread(server.url, alice)
+    send_offer = await offer_sdp(send=True)
+    receive_offer = await offer_sdp(send=False)
+    pcmu_offer = await offer_sdp(send=True, opus=False)
+    whip = f"/v1/threads/{thread}/whip"
+    cases = [
+        (whip, None, send_offer, (401, 200, "UNAUTHENTICATED")),
+        (whip, "vxs_bogus", send_offer, (401, 200, "UNAUTHENTICATED")),
+        (whip, eve.token, send_offer, (403, 201, "FORBIDDEN")),
+        ("/v1/threads/nope/whip", alice.token, send_offer, (404, 300, "THREAD_NOT_FOUND")),
+        (whip, alice.token, "hello", (400, 104, "INVALID_REQUEST")),
+        (
+            whip,
+            alice.token,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\n",
+            (400, 104, "INVALID_REQUEST"),
+        ),
+        (
+            whip,
+            alice.token,
+            pcmu_offer,
+            (422, 405, "UNSUPPORTED_CODEC"),
+        ),
+        (whip, alice.token, receive_offer, (400, 104, "INVALID_REQUEST")),
+        (f"{whip}?msg=not%20an%20id", alice.token, send_offer, (400, 104, "INVALID_REQUEST")),
+        ("/v1/messages/nope/whep", alice.token, receive_offer, (404, 301, "MESSAGE_NOT_FOUND")),
+        (f"/v1/threads/{thread}/whep", eve.token, receive_offer, (403, 201, "FORBIDDEN")),
+    ]
+    for path, token, body, expected in cases:
+        response = await post(server.url, path, token, body)
+        assert error_of(response) == expected, (path, token, body[:20])
+
+
+async def test_whep_listen_parameters_and_other_peoples_messages(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    alice = await make_user(server.url, "alice")
+    eve = await make_user(server.url, "eve")
+    thread = await make_thread(server.url, alice)
+    open_frame = Open(msg="m-closed", thread=thread, codec="opus", created=1)
+    await talk(server.url, alice.token, open_frame, chunks_from_packets(packets[:5]))
+    offer = await offer_sdp(send=False)
+    whep = "/v1/messages/m-closed/whep"
+    for query, expected in [
+        ("?speed=0", (400, 409, "INVALID_LISTEN")),
+        ("?speed=99", (400, 409, "INVALID_LISTEN")),
+        ("?from_seq=1&live_edge=1", (400, 409, "INVALID_LISTEN")),
+        ("?from_seq=6", (400, 409, "INVALID_LISTEN")),
+        ("?from_seq=x", (400, 409, "INVALID_LISTEN")),
+    ]:
+        assert error_of(await post(server.url, whep + query, alice.token, offer)) == expected
+    assert error_of(await post(server.url, whep, eve.token, offer)) == (403, 201, "FORBIDDEN")
+    # A closed message cannot be talked again over WHIP.
+    response = await post(
+        server.url,
+        f"/v1/threads/{thread}/whip?msg=m-closed",
+        alice.token,
+        await offer_sdp(send=True),
+    )
+    assert error_of(response) == (409, 402, "MESSAGE_CLOSED")
+
+
+async def test_sessions_belong_to_their_owner(server: RunningServer) -> None:
+    """VXS-12-11: another account cannot read or end a session, nor learn it exists."""
+    alice = await make_user(server.url, "alice")
+    eve = await make_user(server.url, "eve")
+    thread = await make_thread(server.url, alice)
+    async with RtcClient(server.url, alice.token) as rtc:
+        talker = await rtc.whip(thread)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for method in ("GET", "DELETE"):
+                for token in (eve.token, "vxs_bogus"):
+                    response = await http.request(
+                        method, talker.location, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    expected = (
+                        (404, 302, "NOT_FOUND")
+                        if token == eve.token
+                        else (401, 200, "UNAUTHENTICATED")
+                    )
+                    assert error_of(response) == expected
+            response = await http.get(
+                "/v1/whip/nope", headers={"Authorization": f"Bearer {alice.token}"}
+            )
+            assert error_of(response) == (404, 302, "NOT_FOUND")
+        status = await talker.status()
+        assert status["state"] == "live" and status["connection"] == "connected"
+        closed = await talker.end()
+        assert closed["chunks"] == 0
+
+
+async def test_bad_and_late_rtp_packets_are_dropped_not_fatal(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-3: a payload that is not Opus, or that comes after a later one, is dropped
+    and counted; the message goes on with the others, byte for byte."""
+    alice = await make_user(server.url, "alice")
+    thread = await make_thread(server.url, alice)
+    async with RtcClient(server.url, alice.token) as rtc:
+        talker = await rtc.whip(thread, "m-bad")
+        for index, packet in enumerate(packets[:10]):
+            talker.send(packet, index * 960)
+            await trio.sleep(0.005)
+        talker.send(b"\xfb\x00", 10 * 960)  # code 3 with no frame: not Opus (R5)
+        talker.send(packets[0], 3 * 960)  # before the end of the last chunk: late
+        for index, packet in enumerate(packets[10:20], start=11):
+            talker.send(packet, index * 960)
+            await trio.sleep(0.005)
+        await trio.sleep(0.3)
+        status = await talker.status()
+        assert status["dropped"] == {"invalid_opus": 1, "late": 1}
+        assert status["error"]["name"] == "INVALID_OPUS"
+        closed = await talker.end()
+    assert closed["chunks"] == 20
+    result = await collect(server.url, alice.token, Listen(msg="m-bad"))
+    assert [p for c in result.chunks for p in c.packets] == packets[:20]
+    assert [c.ts for c in result.chunks] == [i * 960 for i in range(10)] + [
+        i * 960 for i in range(11, 21)
+    ]
+
+
+async def test_whip_to_whep_catch_up_from_the_start_at_speed(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-7: a listener that joins a live message late, from its start at 1.5x, gets
+    every packet once, in order, with RTP timestamps and sequence numbers that run on
+    across the switch from stored to live."""
+    alice = await make_user(server.url, "alice")
+    bob = await make_user(server.url, "bob")
+    thread = await make_thread(server.url, alice, bob)
+    async with (
+        RtcClient(server.url, alice.token) as talking,
+        RtcClient(server.url, bob.token) as listening,
+    ):
+        talker = await talking.whip(thread, "m-live")
+        got: list[RtpArrival] = []
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+
+            async def talk_all() -> None:
+                for index, packet in enumerate(packets):
+                    await trio.sleep_until(start + index * 0.02)
+                    talker.send(packet, index * 960)
+                await trio.sleep(0.2)
+                await talker.end()
+
+            nursery.start_soon(talk_all)
+            await trio.sleep(0.8)  # 40 packets in
+            listener = await listening.whep("m-live", from_seq=0, speed=1.5)
+            with trio.fail_after(10):
+                got = await listener.collect()
+    assert [a.payload for a in got] == packets
+    assert media_times(got) == [i * 960 for i in range(len(packets))]
+    seqs = [(a.sequence_number - got[0].sequence_number) % 65536 for a in got]
+    assert seqs == list(range(len(packets)))
+    # Faster than real time while catching up: the stored part came in at about 1.5x.
+    first_40 = (got[39].arrival_ns - got[0].arrival_ns) / 1e9
+    assert first_40 < 39 * 0.02
+
+
+async def test_quiet_talker_and_vanished_peer_close_the_message(
+    tmp_path: Path, packets: list[bytes]
+) -> None:
+    """VXS-12-4: a message closes when its talker goes quiet or its peer disappears."""
+    config = ServerConfig(
+        port=0, data_dir=tmp_path / "data", synchronous="NORMAL", rtc_idle_timeout=0.5
+    )
+    async with trio.open_nursery() as nursery:
+        (url,) = (await nursery.start(run_server, config))[:1]
+        alice = await make_user(url, "alice")
+        thread = await make_thread(url, alice)
+        async with RtcClient(url, alice.token) as rtc:
+            quiet = await rtc.whip(thread, "m-quiet")
+            for index, packet in enumerate(packets[:5]):
+                quiet.send(packet, index * 960)
+            with trio.fail_after(5):
+                while (await quiet.status())["state"] != "closed":
+                    await trio.sleep(0.1)
+            status = await quiet.status()
+            assert status["chunks"] == 5 and status["chunks_durable"] == 5
+
+            gone = await rtc.whip(thread, "m-gone")
+            for index, packet in enumerate(packets[:3]):
+                gone.send(packet, index * 960)
+            await trio.sleep(0.1)
+            await gone.close_peer()  # no DELETE: the peer just goes away
+            with trio.fail_after(5):
+                while (await gone.status())["state"] != "closed":
+                    await trio.sleep(0.1)
+        result = await collect(url, alice.token, Listen(msg="m-gone"))
+        assert [p for c in result.chunks for p in c.packets] == packets[:3]
+        nursery.cancel_scope.cancel()
+
+
+async def test_monitor_plays_each_message_that_starts(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-9: monitoring a thread plays every message that starts in it, in turn, on
+    one track whose timestamps only move forward."""
+    alice = await make_user(server.url, "alice")
+    bob = await make_user(server.url, "bob")
+    thread = await make_thread(server.url, alice, bob)
+    async with RtcClient(server.url, bob.token) as rtc:
+        monitor = await rtc.whep(thread_id=thread)
+        for msg in ("m-one", "m-two"):
+            open_frame = Open(msg=msg, thread=thread, codec="opus", created=1)
+            await talk(
+                server.url, alice.token, open_frame, realtime(chunks_from_packets(packets[:25]))
+            )
+        got: list[RtpArrival] = []
+        with trio.move_on_after(1.0):
+            async for arrival in monitor.arrivals:
+                got.append(arrival)
+        status = await monitor.status()
+        assert status["messages"] == ["m-one", "m-two"]
+        await monitor.end()
+    assert [a.payload for a in got] == packets[:25] * 2
+    times = media_times(got)
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert times[:25] == [i * 960 for i in range(25)]

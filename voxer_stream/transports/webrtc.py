@@ -65,7 +65,6 @@ from ..wire import (
     Chunk,
     Close,
     Closed,
-    End,
     ErrorCode,
     Listen,
     MessageInfo,
@@ -237,6 +236,8 @@ class RtcSession:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     ended_at: float | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    connected: trio.Event = field(default_factory=trio.Event)
+    connected_ns: int = 0
     #: The scope of whatever the session waits on (cancelled by ``stop``).
     waiting: trio.CancelScope | None = None
 
@@ -340,7 +341,6 @@ class WhepSession(RtcSession):
     base: int = 0
     #: The track's end so far, in ticks (where the next message may start).
     track_end: int = 0
-    started_ns: int = 0
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -363,15 +363,22 @@ class WhepSession(RtcSession):
 class _RtcSink:
     """A listen's frames onto a WHEP session's track: each chunk's packets are pushed to
     the ``PacketTrack`` on the asyncio loop. A ``DirectSink``: UDP has no flow control to
-    wait for, so a chunk is always taken at once (VXS-12-8)."""
+    wait for, so a chunk is always taken at once (VXS-12-8).
 
-    def __init__(self, session: WhepSession, aio: AsyncioThread, track: PacketTrack) -> None:
+    The listen starts before the peer is negotiated, so that its refusals (an unknown
+    message, an offset beyond a closed one) are the POST's answer; ``send`` holds every
+    frame after ``message`` until the peer is connected, so nothing is sent into the void
+    and pacing starts with the first packet that can arrive."""
+
+    def __init__(self, session: WhepSession, aio: AsyncioThread) -> None:
         self.session = session
         self.aio = aio
-        self.track = track
-        self.ended = False
+        self.track: PacketTrack | None = None
+        #: Set at the listen's first frame (``message``) or its refusal.
+        self.settled = trio.Event()
 
     def _push(self, frame: bytes) -> None:
+        assert self.track is not None
         base = self.session.base
         items = [(packet, ts + base) for packet, ts in chunk_packets(frame)]
         self.session.packets_sent += len(items)
@@ -382,17 +389,17 @@ class _RtcSink:
     async def send(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
             kind = _frame_type(frame)
-            if kind == "chunk":
-                self._push(frame)
-            elif kind == "message":
+            if kind == "message":
                 info = decode_frame(frame)
                 assert isinstance(info, MessageInfo)
                 self.session.current = info.msg
                 self.session.messages.append(info.msg)
-                self.session.state = "playing"
-            elif kind == "end":
-                assert isinstance(decode_frame(frame), End)
-                self.ended = True
+                self.settled.set()
+                continue
+            await self.session.connected.wait()
+            self.session.state = "playing"
+            if kind == "chunk":
+                self._push(frame)
 
     def try_send(self, frame: bytes) -> bool:
         self._push(frame)
@@ -403,6 +410,7 @@ class _RtcSink:
 
     async def fail(self, exc: ProtocolError, data: bytes) -> None:
         self.session.error = exc
+        self.settled.set()
 
 
 class RtcGateway:
@@ -617,63 +625,94 @@ class RtcGateway:
         self, account: Account, request: Listen, offer: str
     ) -> tuple[WhepSession, str]:
         """``POST /v1/messages/{id}/whep``: play one message (VXS-12-5)."""
-        nursery = self._nursery_or_fail()
-        record = await self.services.threads.message(account, request.msg)
-        if record is None:  # pragma: no cover - message() raises
-            raise ProtocolError(ErrorCode.MESSAGE_NOT_FOUND, request.msg)
+        check_identifier(request.msg, "message")
         check_offer(offer)
-        session = WhepSession(account=account, request=request)
-        answer = await self._start(session, offer, send=True)
-        self.sessions[session.id] = session
-        nursery.start_soon(self._run_whep, session)
-        return session, answer
+        return await self._whep(WhepSession(account=account, request=request), offer)
 
     async def whep_thread(
         self, account: Account, thread_id: str, offer: str
     ) -> tuple[WhepSession, str]:
         """``POST /v1/threads/{id}/whep``: monitor a thread (VXS-12-9)."""
-        nursery = self._nursery_or_fail()
         check_identifier(thread_id, "thread")
         await self.services.threads.visible(account, thread_id)
         check_offer(offer)
-        session = WhepSession(account=account, thread_id=thread_id)
-        answer = await self._start(session, offer, send=True)
+        return await self._whep(WhepSession(account=account, thread_id=thread_id), offer)
+
+    async def _whep(self, session: WhepSession, offer: str) -> tuple[WhepSession, str]:
+        """Start the listen (its refusal is the answer), then negotiate the peer."""
+        nursery = self._nursery_or_fail()
+        sink = _RtcSink(session, self.aio)
+        await nursery.start(self._run_whep, session, sink)
+        try:
+            answer = await self._start(session, offer, send=True)
+        except BaseException:
+            session.stop()
+            raise
+        assert session.peer is not None
+        sink.track = session.peer.track
         self.sessions[session.id] = session
-        nursery.start_soon(self._run_whep, session)
         return session, answer
 
-    async def _run_whep(self, session: WhepSession) -> None:
-        peer = session.peer
-        assert peer is not None and peer.track is not None
-        sink = _RtcSink(session, self.aio, peer.track)
+    async def _run_whep(
+        self, session: WhepSession, sink: _RtcSink, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The session's life: ``started`` once the listen is under way (for monitor mode
+        at once), raising the listen's refusal instead if it has one."""
+        refusal: ProtocolError | None = None
         try:
-            with trio.move_on_after(self.connect_timeout) as connecting:
-                while session.connection != "connected" and not session.stop_requested.is_set():
-                    await session.changed.wait()
-            if connecting.cancelled_caught or session.connection != "connected":
-                raise ProtocolError(ErrorCode.IDLE_TIMEOUT, "the peer did not connect", "VXS-12-10")
-            session.started_ns = time.monotonic_ns()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when, session.stop_requested, nursery.cancel_scope)
+                nursery.start_soon(self._connect_or_stop, session)
                 if session.request is not None:
-                    await self._play(session, session.request, sink)
+                    nursery.start_soon(self._play_then_cancel, session, sink, nursery.cancel_scope)
+                    await sink.settled.wait()
+                    refusal = session.error
+                    if refusal is not None:
+                        nursery.cancel_scope.cancel()
+                    else:
+                        task_status.started()
                 else:
+                    task_status.started()
                     await self._monitor(session, sink)
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
+            if refusal is not None:
+                raise refusal
             session.state = "ended" if session.error is None else "failed"
-        except ProtocolError as exc:
-            session.error = exc
+        except ProtocolError:
             session.state = "failed"
+            if refusal is not None:
+                raise
         except Exception:
             log.exception("WHEP session %s failed", session.id)
             session.error = ProtocolError(ErrorCode.INTERNAL_ERROR, "the session failed")
             session.state = "failed"
         finally:
             with trio.CancelScope(shield=True):
-                if self._aio is not None:
-                    await self._aio.run(_finish, peer, 2.0)
+                if session.peer is not None and self._aio is not None:
+                    await self._aio.run(_finish, session.peer, 2.0)
             session.ended_at = trio.current_time()
             session.ended.set()
+
+    async def _connect_or_stop(self, session: RtcSession) -> None:
+        """Set ``connected`` when ICE and DTLS are up; stop the session if that takes
+        longer than ``connect_timeout`` (VXS-12-10)."""
+        with trio.move_on_after(self.connect_timeout):
+            while session.connection != "connected":
+                await session.changed.wait()
+            session.connected_ns = time.monotonic_ns()
+            session.connected.set()
+            return
+        session.error = ProtocolError(
+            ErrorCode.IDLE_TIMEOUT, "the peer did not connect", "VXS-12-10"
+        )
+        session.stop()
+
+    async def _play_then_cancel(
+        self, session: WhepSession, sink: _RtcSink, scope: trio.CancelScope
+    ) -> None:
+        assert session.request is not None
+        await self._play(session, session.request, sink)
+        scope.cancel()
 
     async def _play(self, session: WhepSession, request: Listen, sink: _RtcSink) -> None:
         account = session.account
@@ -681,7 +720,6 @@ class RtcGateway:
         async def authorize(record: MessageRecord) -> None:
             await self.services.threads.can_listen(account, record)
 
-        sink.ended = False
         await ListenSession(self.hub, request, authorize, sink).run()
 
     async def _monitor(self, session: WhepSession, sink: _RtcSink) -> None:
@@ -690,15 +728,15 @@ class RtcGateway:
         with self.hub.watch(session.thread_id) as started:
             async for live in started:
                 if live.id in session.messages:
-                    continue
+                    continue  # resumed by its talker: it is playing or has played
+                await session.connected.wait()
                 # Start where the track ended, or now if the track has been quiet since.
-                elapsed = (time.monotonic_ns() - session.started_ns) * 48 // 1_000_000
+                elapsed = (time.monotonic_ns() - session.connected_ns) * 48 // 1_000_000
                 session.base = max(session.track_end, elapsed)
                 request = Listen(msg=live.id, from_seq=0, speed=DEFAULT_SPEED)
+                session.error = None
                 await self._play(session, request, sink)
                 session.current = None
-                if session.error is not None and session.error.code != ErrorCode.FORBIDDEN:
-                    return
 
     async def end_whep(self, session: WhepSession) -> WhepSession:
         session.stop()
