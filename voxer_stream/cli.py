@@ -159,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         synchronous=args.synchronous,
         abandon_after=args.abandon_after,
         storage=args.storage,
+        rtc_idle_timeout=args.rtc_idle_timeout,
     )
     trio.run(_serve, config)
     return 0
@@ -392,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="close a live message that had no talker for this long (VXS-5.7-3)",
+    )
+    serve.add_argument(
+        "--rtc-idle-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a WebRTC (WHIP) message after this long without RTP (VXS-12-4)",
     )
     serve.set_defaults(sync_func=cmd_serve)
 
