@@ -27,6 +27,7 @@ from .spec import section_titles
 #: Optional feature groups: a server claims them (default) or the user disables them.
 GROUPS = {
     "websocket": "the WebSocket binding (section 11)",
+    "webrtc": "the WebRTC binding (section 12)",
     "tls": "HTTP/2 over TLS (needs --tls-server)",
 }
 

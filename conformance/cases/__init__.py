@@ -11,5 +11,6 @@ from . import (  # noqa: F401
     opus,
     rest,
     upload,
+    webrtc,
     websocket,
 )
