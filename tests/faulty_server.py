@@ -16,6 +16,8 @@ Faults (each one breaks one requirement of spec/protocol.md):
 - ``non-participant-listens``: anyone may listen to and read any message
   (VXS-6.1-1, VXS-8-2).
 - ``swap-error-code``: a sequence gap is reported as CHUNK_CONFLICT (VXS-5.3-2).
+- ``rtp-timestamp-jump``: WebRTC egress moves its RTP timestamps on by 20 ms at the
+  switch to live chunks, as a restart of the timestamps would (VXS-12-7).
 """
 
 from __future__ import annotations
@@ -132,6 +134,20 @@ def _swap_error_code() -> None:
     UploadServer._check = swapped  # type: ignore[method-assign]
 
 
+def _rtp_timestamp_jump() -> None:
+    from voxer_stream.transports import webrtc
+
+    try_send = webrtc._RtcSink.try_send
+
+    def jumping(self: Any, frame: bytes) -> bool:
+        if not getattr(self, "jumped", False):
+            self.jumped = True
+            self.session.base += 960  # the live part starts 20 ms later than it should
+        return try_send(self, frame)
+
+    webrtc._RtcSink.try_send = jumping  # type: ignore[method-assign]
+
+
 FAULTS: dict[str, Callable[[], None]] = {
     "drop-chunk": lambda: _patch_listen(_drop),
     "duplicate-chunk": lambda: _patch_listen(_duplicate),
@@ -139,6 +155,7 @@ FAULTS: dict[str, Callable[[], None]] = {
     "ack-before-commit": _ack_before_commit,
     "non-participant-listens": _non_participant_listens,
     "swap-error-code": _swap_error_code,
+    "rtp-timestamp-jump": _rtp_timestamp_jump,
 }
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ FAULTS = {
     "ack-before-commit": [{"VXS-5.3-3", "VXS-4.5-1"}],
     "non-participant-listens": [{"VXS-6.1-1"}, {"VXS-8-2"}],
     "swap-error-code": [{"VXS-5.3-2"}],
+    "rtp-timestamp-jump": [{"VXS-12-7"}],
 }
 
 

@@ -217,9 +217,9 @@ async def whep_stored_message(ctx: Context) -> None:
     "across the switch from stored to live",
     requirements=("VXS-12-5", "VXS-12-7"),
     group=GROUP,
-    accepts="a live message over HTTP/2 with 10 chunks stored, WHEP from_seq 0, then 20 more "
-    "chunks 20 ms apart and close: 30 packets, the sent ones in order, timestamps and sequence "
-    "numbers without a break",
+    accepts="a live message over HTTP/2 with 10 chunks stored, WHEP from_seq 0 at speed 2 "
+    "(so it catches up), then 40 more chunks 20 ms apart and close: 50 packets, the sent ones "
+    "in order, timestamps and sequence numbers without a break",
 )
 async def whep_catch_up(ctx: Context) -> None:
     thread = await ctx.thread()
@@ -228,18 +228,18 @@ async def whep_catch_up(ctx: Context) -> None:
     async with ctx.upload(ctx.alice.token) as upload, rtc_client(ctx, ctx.bob) as rtc:
         await upload.send(ctx.open_frame(thread, msg), *[ctx.chunk(s) for s in range(10)])
         await ctx.wait_acked(upload, 9)
-        listener = await rtc.whep(msg, from_seq=0)
-        for seq in range(10, 30):
+        listener = await rtc.whep(msg, from_seq=0, speed=2.0)
+        for seq in range(10, 50):
             await upload.send(ctx.chunk(seq))
             await trio.sleep(0.02)
-        await upload.send(Close(chunks=30))
+        await upload.send(Close(chunks=50))
         await upload.reply()
         with trio.move_on_after(ctx.timeout):
             got = await listener.collect()
     expect(
-        [a.payload for a in got] == [ctx.chunk(seq).packets[0] for seq in range(30)],
+        [a.payload for a in got] == [ctx.chunk(seq).packets[0] for seq in range(50)],
         "VXS-12-5",
-        f"{len(got)} RTP packets, not the 30 chunks in order",
+        f"{len(got)} RTP packets, not the 50 chunks in order",
     )
     expect(
         media_times(got) == [i * 960 for i in range(len(got))]
