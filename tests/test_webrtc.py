@@ -3,6 +3,7 @@ real server, HTTP/2 on the other side. What arrives is what was sent, in order."
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import httpx
@@ -10,11 +11,12 @@ import pytest
 import trio
 from aiortc import RTCRtpSender
 
-from tests.conftest import RunningServer, make_thread, make_user
-from voxer_stream.client import collect, talk
+from tests.conftest import RunningServer, make_thread, make_user, server_process
+from voxer_stream.client import Rest, collect, talk
 from voxer_stream.client.rtc import RtcClient
 from voxer_stream.client.talker import chunks_from_packets, realtime
 from voxer_stream.media.encode import encode_file, tone_wav
+from voxer_stream.media.ogg import read_ogg_opus
 from voxer_stream.media.rtc import RtpArrival, Unwrapper, loopback_configuration
 from voxer_stream.transports.server import ServerConfig, run_server
 from voxer_stream.wire import Listen, Open
@@ -344,3 +346,32 @@ async def test_monitor_plays_each_message_that_starts(
     times = media_times(got)
     assert times == sorted(times) and len(set(times)) == len(times)
     assert times[:25] == [i * 960 for i in range(25)]
+
+
+@pytest.mark.slow
+async def test_chunks_durable_over_whip_survive_a_kill(
+    tmp_path: Path, packets: list[bytes]
+) -> None:
+    """Nothing acked is lost on this binding either: what a WHIP session reports durable
+    (``chunks_durable``, its ack) is there after ``kill -9`` and a restart."""
+    data = tmp_path / "data"
+    with server_process(data) as first:
+        alice = await make_user(first.url, "alice")
+        thread = await make_thread(first.url, alice)
+        async with RtcClient(first.url, alice.token) as rtc:
+            talker = await rtc.whip(thread, "m-kill")
+            for index, packet in enumerate(packets[:50]):
+                talker.send(packet, index * 960)
+                await trio.sleep(0.002)
+            with trio.fail_after(10):
+                while (durable := (await talker.status())["chunks_durable"]) < 50:
+                    await trio.sleep(0.05)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait()
+    with server_process(data) as second:
+        async with Rest(second.url) as rest:
+            await rest.login("alice", "correct horse")
+            record = await rest.message("m-kill")
+            _, stored = read_ogg_opus(await rest.export("m-kill"))
+    assert durable == 50 and record["chunks"] >= durable
+    assert stored[:durable] == packets[:durable]
