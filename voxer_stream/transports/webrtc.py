@@ -66,6 +66,7 @@ from ..wire import (
     Close,
     Closed,
     ErrorCode,
+    Frame,
     Listen,
     MessageInfo,
     Open,
@@ -137,23 +138,19 @@ def whep_listen(message_id: str, query: bytes) -> Listen:
 
 
 @functools.lru_cache(maxsize=512)
-def chunk_packets(frame: bytes) -> tuple[tuple[bytes, int], ...]:
-    """A ``chunk`` frame's packets with each one's media time. Cached: at the live edge
-    ``publish`` hands the same frame bytes to every WebRTC listener."""
-    chunk = decode_frame(frame)
-    assert isinstance(chunk, Chunk)
+def decode_sent(frame: bytes) -> tuple[Frame, tuple[tuple[bytes, int], ...]]:
+    """A frame the pipeline sends, decoded, with a chunk's packets and each one's media
+    time. Cached: at the live edge ``publish`` hands the same frame bytes to every
+    WebRTC listener, which then decode it once between them."""
+    frame_obj = decode_frame(frame)
+    if not isinstance(frame_obj, Chunk):
+        return frame_obj, ()
     out = []
-    ts = chunk.ts
-    for packet in chunk.packets:
+    ts = frame_obj.ts
+    for packet in frame_obj.packets:
         out.append((packet, ts))
         ts += parse_packet(packet).duration
-    return tuple(out)
-
-
-def _frame_type(frame: bytes) -> str:
-    # Every frame the pipeline sends is a deterministic map: the key "type" and its
-    # value are found without a full decode for the common case, a chunk.
-    return "chunk" if b"\x64type\x65chunk" in frame[:48] else decode_frame(frame).TYPE
+    return frame_obj, tuple(out)
 
 
 # -- the asyncio side ----------------------------------------------------------------
@@ -380,7 +377,7 @@ class _RtcSink:
     def _push(self, frame: bytes) -> None:
         assert self.track is not None
         base = self.session.base
-        items = [(packet, ts + base) for packet, ts in chunk_packets(frame)]
+        items = [(packet, ts + base) for packet, ts in decode_sent(frame)[1]]
         self.session.packets_sent += len(items)
         last_packet, last_ts = items[-1]
         self.session.track_end = last_ts + parse_packet(last_packet).duration
@@ -388,17 +385,15 @@ class _RtcSink:
 
     async def send(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
-            kind = _frame_type(frame)
-            if kind == "message":
-                info = decode_frame(frame)
-                assert isinstance(info, MessageInfo)
-                self.session.current = info.msg
-                self.session.messages.append(info.msg)
+            decoded, _ = decode_sent(frame)
+            if isinstance(decoded, MessageInfo):
+                self.session.current = decoded.msg
+                self.session.messages.append(decoded.msg)
                 self.settled.set()
                 continue
             await self.session.connected.wait()
             self.session.state = "playing"
-            if kind == "chunk":
+            if isinstance(decoded, Chunk):
                 self._push(frame)
 
     def try_send(self, frame: bytes) -> bool:
