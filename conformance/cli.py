@@ -72,6 +72,13 @@ def server_parser() -> argparse.ArgumentParser:
         help="the server's period for closing abandoned live messages, if 20 s or less "
         "(runs the strict case for VXS-5.7-3)",
     )
+    parser.add_argument(
+        "--rtc-connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the server's period for giving up a WebRTC peer that does not connect, if "
+        "20 s or less (runs the strict case for VXS-12-10)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -85,6 +92,7 @@ async def run_suite(args: argparse.Namespace) -> list[Result]:
     ctx.tls_url = args.tls_server
     ctx.cacert = args.cacert
     ctx.abandon_after = args.abandon_after
+    ctx.rtc_connect_timeout = args.rtc_connect_timeout
     unclaimed = {}
     if not args.tls_server:
         unclaimed["tls"] = "no --tls-server given"

@@ -160,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         abandon_after=args.abandon_after,
         storage=args.storage,
         rtc_idle_timeout=args.rtc_idle_timeout,
+        rtc_connect_timeout=args.rtc_connect_timeout,
     )
     trio.run(_serve, config)
     return 0
@@ -400,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="close a WebRTC (WHIP) message after this long without RTP (VXS-12-4)",
+    )
+    serve.add_argument(
+        "--rtc-connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up a WebRTC peer that has not connected this long after the answer (VXS-12-10)",
     )
     serve.set_defaults(sync_func=cmd_serve)
 

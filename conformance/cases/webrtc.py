@@ -18,7 +18,7 @@ from voxer_stream.client.rtc import RtcClient
 from voxer_stream.media.rtc import RtpArrival, Unwrapper
 from voxer_stream.wire import Chunk, Close
 
-from ..case import case, expect
+from ..case import case, expect, skip
 from ..context import Account, Context, opus_packet
 
 GROUP = "webrtc"
@@ -315,3 +315,98 @@ async def monitor(ctx: Context) -> None:
         "the track's media time went backwards",
     )
     expect(status.get("messages") == msgs, "VXS-12-9", f"status {status}, expected {msgs}")
+
+
+@case(
+    "12/answer",
+    "the server answers a complete offer with a complete answer: Opus, its ICE candidates, "
+    "its DTLS fingerprint",
+    requirements=("VXS-12-1",),
+    group=GROUP,
+    accepts="a WHIP offer and a WHEP offer: each answer is 201 application/sdp with one audio "
+    "section, an rtpmap for opus/48000/2, at least one a=candidate line and an "
+    "a=fingerprint line (DTLS-SRTP)",
+)
+async def answer(ctx: Context) -> None:
+    thread = await ctx.thread()
+    msg = await ctx.talk(thread, 2)
+    for what, path, offer in (
+        (
+            "WHIP",
+            f"/v1/threads/{thread}/whip?msg={ctx.msg_id()}",
+            await sample_offer(ctx, send=True),
+        ),
+        ("WHEP", f"/v1/messages/{msg}/whep", await sample_offer(ctx, send=False)),
+    ):
+        reply = await ctx.rest(
+            "POST", path, token=ctx.alice.token, content=offer.encode(), headers=SDP_HEADERS
+        )
+        sdp = reply.content.decode("utf-8", "replace")
+        lines = sdp.splitlines()
+        expect(
+            reply.status == 201
+            and reply.headers.get("content-type", "").startswith("application/sdp"),
+            "VXS-12-1",
+            f"{what}: {reply.status} {reply.headers.get('content-type')}",
+        )
+        expect(
+            sum(line.startswith("m=audio ") for line in lines) == 1
+            and any(
+                "opus/48000/2" in line.lower() for line in lines if line.startswith("a=rtpmap:")
+            )
+            and any(line.startswith("a=candidate:") for line in lines)
+            and any(line.startswith("a=fingerprint:") for line in lines),
+            "VXS-12-1",
+            f"{what}: the answer lacks an audio section with Opus, a candidate or a fingerprint",
+        )
+        if location := reply.headers.get("location"):
+            await ctx.rest("DELETE", location, token=ctx.alice.token)
+
+
+@case(
+    "12/connect-timeout",
+    "a WHEP peer that never connects is given up with IDLE_TIMEOUT",
+    requirements=("VXS-12-10",),
+    group=GROUP,
+    strict=True,
+    accepts="only with the server's period known to the suite (--rtc-connect-timeout, at most "
+    "20 s): a WHEP session whose offerer goes away after the answer ends within the period "
+    "plus 2 s, its status state failed with error 502 IDLE_TIMEOUT; otherwise skipped",
+    timeout=60,
+)
+async def connect_timeout(ctx: Context) -> None:
+    period = ctx.rtc_connect_timeout
+    if period is None or not 0 < period <= 20:
+        skip(
+            "the default period is 30 s; run the server with a short one and pass it with "
+            "--rtc-connect-timeout to check VXS-12-10"
+        )
+    thread = await ctx.thread()
+    msg = await ctx.talk(thread, 2)
+    offer = await sample_offer(ctx, send=False)  # its peer is closed at once: never connects
+    reply = await ctx.rest(
+        "POST",
+        f"/v1/messages/{msg}/whep",
+        token=ctx.bob.token,
+        content=offer.encode(),
+        headers=SDP_HEADERS,
+    )
+    location = reply.headers.get("location")
+    expect(reply.status == 201 and location, "VXS-12-10", f"the WHEP POST answered {reply.status}")
+    assert location is not None
+    deadline = trio.current_time() + period + 2.0
+    status: dict[str, object] = {}
+    while trio.current_time() < deadline:
+        got = await ctx.rest("GET", location, token=ctx.bob.token)
+        status = got.body if isinstance(got.body, dict) else {}
+        if status.get("state") in ("ended", "failed"):
+            break
+        await trio.sleep(0.25)
+    error = status.get("error")
+    expect(
+        status.get("state") == "failed"
+        and isinstance(error, dict)
+        and (error.get("code"), error.get("name")) == (502, "IDLE_TIMEOUT"),
+        "VXS-12-10",
+        f"{period:g} s after an answer nobody used, the session is {status}",
+    )

@@ -55,6 +55,8 @@ class ServerConfig:
     max_streams: int = 2000
     #: A WHIP session quiet for this long closes its message (VXS-12-4).
     rtc_idle_timeout: float = 5.0
+    #: A WebRTC peer not connected this long after the answer is given up (VXS-12-10).
+    rtc_connect_timeout: float = 30.0
 
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -100,7 +102,12 @@ async def run_server(
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
         nursery.start_soon(hub.run_abandon_watchdog)
         services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
-        rtc = RtcGateway(services, host=config.host, idle_timeout=config.rtc_idle_timeout)
+        rtc = RtcGateway(
+            services,
+            host=config.host,
+            idle_timeout=config.rtc_idle_timeout,
+            connect_timeout=config.rtc_connect_timeout,
+        )
         await nursery.start(rtc.serve)
         app: Any = Router(services, rtc)
         hconfig = hypercorn_config(config)

@@ -689,16 +689,19 @@ class RtcGateway:
             session.ended.set()
 
     async def _connect_or_stop(self, session: RtcSession) -> None:
-        """Set ``connected`` when ICE and DTLS are up; stop the session if that takes
-        longer than ``connect_timeout`` (VXS-12-10)."""
+        """Set ``connected`` when ICE and DTLS are up; give the session up if they fail,
+        or take longer than ``connect_timeout`` (VXS-12-10)."""
         with trio.move_on_after(self.connect_timeout):
-            while session.connection != "connected":
+            while session.connection not in ("connected", "failed", "closed"):
                 await session.changed.wait()
+        if session.connection == "connected":
             session.connected_ns = time.monotonic_ns()
             session.connected.set()
             return
         session.error = ProtocolError(
-            ErrorCode.IDLE_TIMEOUT, "the peer did not connect", "VXS-12-10"
+            ErrorCode.IDLE_TIMEOUT,
+            f"the peer did not connect (connection {session.connection})",
+            "VXS-12-10",
         )
         session.stop()
 
