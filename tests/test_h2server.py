@@ -198,3 +198,20 @@ async def test_live_data_frames_are_what_h2_would_send() -> None:
 )
 def test_only_a_websocket_upgrade_of_v1_ws_goes_to_wsserver(head: bytes, websocket: bool) -> None:
     assert is_websocket_upgrade(head) is websocket
+
+
+def test_the_quiet_connection_copies_the_h2_it_runs_on() -> None:
+    """``QuietH2Connection._receive_frame`` is h2's method minus one eager ``repr``; if h2's
+    method changed, the copy must be redone (and this hash updated), not left to drift."""
+    import hashlib
+    import inspect
+
+    import h2.connection
+
+    from voxer_stream.transports import h2quiet
+
+    source = inspect.getsource(h2.connection.H2Connection._receive_frame)
+    assert hashlib.sha256(source.encode()).hexdigest() == h2quiet.COPIED_FROM
+    assert "repr(frame)" in source and "repr(" not in inspect.getsource(
+        h2quiet.QuietH2Connection._receive_frame
+    )

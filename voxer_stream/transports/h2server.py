@@ -49,6 +49,7 @@ import h2.settings
 import h2.stream
 import trio
 
+from .h2quiet import QuietH2Connection
 from .output import HIGH_WATER, Output
 from .peer import Peer
 
@@ -241,7 +242,7 @@ class Http2Connection:
         self.peer = peer
         self._initial = initial
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = QuietH2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
