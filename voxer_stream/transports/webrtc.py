@@ -58,7 +58,6 @@ from ..media.rtc import (
     use_host_addresses,
 )
 from ..pipeline import Hub, ListenSession, UploadSession
-from ..pipeline.hub import LiveMessage
 from ..store.base import Account, MessageRecord
 from ..wire import (
     Ack,
@@ -621,7 +620,6 @@ class RtcGateway:
     ) -> tuple[WhepSession, str]:
         """``POST /v1/messages/{id}/whep``: play one message (VXS-12-5)."""
         check_identifier(request.msg, "message")
-        check_offer(offer)
         return await self._whep(WhepSession(account=account, request=request), offer)
 
     async def whep_thread(
@@ -630,15 +628,16 @@ class RtcGateway:
         """``POST /v1/threads/{id}/whep``: monitor a thread (VXS-12-9)."""
         check_identifier(thread_id, "thread")
         await self.services.threads.visible(account, thread_id)
-        check_offer(offer)
         return await self._whep(WhepSession(account=account, thread_id=thread_id), offer)
 
     async def _whep(self, session: WhepSession, offer: str) -> tuple[WhepSession, str]:
-        """Start the listen (its refusal is the answer), then negotiate the peer."""
+        """Start the listen (its refusal is the answer), then check the offer and negotiate
+        the peer (the order of VXS-12-2)."""
         nursery = self._nursery_or_fail()
         sink = _RtcSink(session, self.aio)
         await nursery.start(self._run_whep, session, sink)
         try:
+            check_offer(offer)
             answer = await self._start(session, offer, send=True)
         except BaseException:
             session.stop()
@@ -758,4 +757,4 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-__all__ = ["SDP", "LiveMessage", "RtcGateway", "WhepSession", "WhipSession"]
+__all__ = ["SDP", "RtcGateway", "WhepSession", "WhipSession", "whep_listen"]
