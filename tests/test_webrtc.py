@@ -375,3 +375,40 @@ async def test_chunks_durable_over_whip_survive_a_kill(
             _, stored = read_ogg_opus(await rest.export("m-kill"))
     assert durable == 50 and record["chunks"] >= durable
     assert stored[:durable] == packets[:durable]
+
+
+async def test_delete_right_after_the_last_packet_keeps_it(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-4: a talker that DELETEs the moment it stops sending loses nothing that was
+    already on its way: the server takes what arrives until the peer goes quiet."""
+    alice = await make_user(server.url, "alice")
+    thread = await make_thread(server.url, alice)
+    async with RtcClient(server.url, alice.token) as rtc:
+        talker = await rtc.whip(thread, "m-tail")
+        for index, packet in enumerate(packets[:60]):
+            talker.send(packet, index * 960)  # a burst, no pause before DELETE
+        closed = await talker.end()
+    assert closed["chunks"] == 60
+    result = await collect(server.url, alice.token, Listen(msg="m-tail"))
+    assert [p for c in result.chunks for p in c.packets] == packets[:60]
+
+
+async def test_monitor_leaves_out_your_own_messages_unless_asked(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-9: alice's monitor plays bob, not herself; with own=1 it plays both."""
+    alice = await make_user(server.url, "alice")
+    bob = await make_user(server.url, "bob")
+    thread = await make_thread(server.url, alice, bob)
+    async with RtcClient(server.url, alice.token) as rtc:
+        mine = await rtc.whep(thread_id=thread)
+        everything = await rtc.whep(thread_id=thread, own=True)
+        for msg, user in (("m-alice", alice), ("m-bob", bob)):
+            open_frame = Open(msg=msg, thread=thread, codec="opus", created=1)
+            await talk(server.url, user.token, open_frame, chunks_from_packets(packets[:10]))
+        await trio.sleep(1.0)
+        assert (await mine.status())["messages"] == ["m-bob"]
+        assert (await everything.status())["messages"] == ["m-alice", "m-bob"]
+    response = await post(server.url, f"/v1/threads/{thread}/whep?own=maybe", alice.token, "")
+    assert error_of(response) == (400, 104, "INVALID_REQUEST")

@@ -265,10 +265,12 @@ class RtcClient:
         from_ts: int | None = None,
         live_edge: bool = False,
         speed: float | None = None,
+        own: bool = False,
         buffer: int = 100_000,
     ) -> WhepListener:
         """Listen to ``message_id`` (from an offset, at a speed, or at the live edge) or
-        monitor ``thread_id``; returns once the peer is connected."""
+        monitor ``thread_id`` (``own``: your own messages too); returns once the peer is
+        connected."""
         if (message_id is None) == (thread_id is None):
             raise ValueError("give a message id or a thread id")
         params: dict[str, Any] = {}
@@ -284,7 +286,7 @@ class RtcClient:
         path = (
             f"/v1/messages/{message_id}/whep{query}"
             if message_id is not None
-            else f"/v1/threads/{thread_id}/whep"
+            else f"/v1/threads/{thread_id}/whep{'?own=1' if own else ''}"
         )
         send, receive = trio.open_memory_channel[RtpArrival](buffer)
         listener = WhepListener(client=self, arrivals=receive, _arrivals_in=send)

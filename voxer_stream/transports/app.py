@@ -3,14 +3,16 @@
 ``create_app`` returns one ASGI callable. Requests for the live path (upload,
 listen, WebSocket) go straight to ``streams`` and ``websocket``; everything else
 is the quart-trio app below. REST errors are JSON objects carrying the same
-registry code and name as an error frame (spec section 8).
+registry code and name as an error frame (spec section 8). ``/`` and ``/app/`` serve
+the web client (the static files of ``voxer_stream/web``).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import re
-from typing import Any
+from typing import Any, Final
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -22,7 +24,7 @@ from ..service.identity import bearer_token
 from ..store.base import Account, MessageRecord, Thread
 from ..wire import ErrorCode, ProtocolError
 from .streams import Receive, Scope, Send, Services, listen, upload
-from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, whep_listen
+from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, monitor_own, whep_listen
 from .websocket import serve_websocket
 
 LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
@@ -201,7 +203,47 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
 
     if rtc is not None:
         add_webrtc_routes(app, rtc, current)
+    add_web_routes(app)
     return app
+
+
+#: The web client's files (the package ``voxer_stream.web``) and their media types.
+WEB_FILES: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+WEB_HEADERS: Final = {
+    # Only the page's own files and the server's own API; no inline script, no framing.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def add_web_routes(app: QuartTrio) -> None:
+    """The web client: the page at ``/``, its files at ``/app/{name}``, as they are on
+    disk (read at each request: a few KB, and an edited file shows on reload)."""
+    files = importlib.resources.files("voxer_stream.web")
+
+    def web_file(name: str) -> Response:
+        if name not in WEB_FILES:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no file {name!r} in the web client")
+        data = files.joinpath(name).read_bytes()
+        return Response(data, content_type=WEB_FILES[name], headers=WEB_HEADERS)
+
+    @app.get("/")
+    async def web_page() -> Any:
+        return web_file("index.html")
+
+    @app.get("/app/<name>")
+    async def web_asset(name: str) -> Any:
+        return web_file(name)
 
 
 def add_webrtc_routes(app: QuartTrio, rtc: RtcGateway, current: Any) -> None:
@@ -253,7 +295,8 @@ def add_webrtc_routes(app: QuartTrio, rtc: RtcGateway, current: Any) -> None:
     @app.post("/v1/threads/<thread_id>/whep")
     async def whep_thread(thread_id: str) -> Any:
         account = await current()
-        session, answer = await rtc.whep_thread(account, thread_id, await offer())
+        own = monitor_own(request.query_string)
+        session, answer = await rtc.whep_thread(account, thread_id, await offer(), own=own)
         return created("whep", session.id, answer)
 
     @app.get("/v1/whep/<session_id>")

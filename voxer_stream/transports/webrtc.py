@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 
 #: A WHIP session with no RTP packet for this long closes its message (VXS-12-4).
 IDLE_TIMEOUT: Final = 5.0
+#: After a stop, packets are still taken until none came for this long (then close).
+DRAIN_QUIET: Final = 0.1
 #: How long a peer has to connect (ICE + DTLS) after the answer (VXS-12-10).
 CONNECT_TIMEOUT: Final = 30.0
 #: How long an ended session's status stays readable with GET.
@@ -119,6 +121,20 @@ def check_offer(sdp: str) -> None:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_CODEC, "the offer has no Opus audio section", "VXS-12-2"
         )
+
+
+def monitor_own(query: bytes) -> bool:
+    """``own`` of a monitor request (VXS-12-9): ``1`` or ``true``, ``0`` or ``false``."""
+    flags = {"1": True, "true": True, "0": False, "false": False}
+    own = False
+    for key, value in parse_qsl(query.decode("ascii", "replace"), keep_blank_values=True):
+        if key == "own":
+            if value.lower() not in flags:
+                raise ProtocolError(
+                    ErrorCode.INVALID_REQUEST, f"bad query parameter own={value!r}", "VXS-12-9"
+                )
+            own = flags[value.lower()]
+    return own
 
 
 def whep_listen(message_id: str, query: bytes) -> Listen:
@@ -329,6 +345,8 @@ class WhepSession(RtcSession):
 
     request: Listen | None = None
     thread_id: str | None = None
+    #: Monitor mode: play the monitoring account's own messages too (VXS-12-9).
+    own: bool = False
     state: Literal["connecting", "playing", "ended", "failed"] = "connecting"
     packets_sent: int = 0
     messages: list[str] = field(default_factory=list)
@@ -576,9 +594,13 @@ class RtcGateway:
         seq, base = live.next_seq, live.end_ts
         end_ts = base
         unwrap = Unwrapper()
-        while not session.stop_requested.is_set():
-            with trio.move_on_after(self.idle_timeout) as scope:
-                session.waiting = scope
+        while True:
+            # Once stopped (DELETE, or the peer went away), what already arrived or is on
+            # its way from aiortc's loop is still the talker's: take it until quiet.
+            stopping = session.stop_requested.is_set()
+            with trio.move_on_after(DRAIN_QUIET if stopping else self.idle_timeout) as scope:
+                if not stopping:
+                    session.waiting = scope
                 try:
                     arrival = await session.arrivals.receive()
                 except trio.EndOfChannel:
@@ -586,7 +608,9 @@ class RtcGateway:
                 finally:
                     session.waiting = None
             if scope.cancelled_caught:
-                break  # quiet for idle_timeout, or stopped
+                if stopping or not session.stop_requested.is_set():
+                    break  # quiet after a stop, or quiet for idle_timeout
+                continue  # stopped while waiting: take what is left first
             ts = base + unwrap(arrival.timestamp)
             try:
                 duration = parse_packet(arrival.payload).duration
@@ -623,12 +647,13 @@ class RtcGateway:
         return await self._whep(WhepSession(account=account, request=request), offer)
 
     async def whep_thread(
-        self, account: Account, thread_id: str, offer: str
+        self, account: Account, thread_id: str, offer: str, *, own: bool = False
     ) -> tuple[WhepSession, str]:
         """``POST /v1/threads/{id}/whep``: monitor a thread (VXS-12-9)."""
         check_identifier(thread_id, "thread")
         await self.services.threads.visible(account, thread_id)
-        return await self._whep(WhepSession(account=account, thread_id=thread_id), offer)
+        session = WhepSession(account=account, thread_id=thread_id, own=own)
+        return await self._whep(session, offer)
 
     async def _whep(self, session: WhepSession, offer: str) -> tuple[WhepSession, str]:
         """Start the listen (its refusal is the answer), then check the offer and negotiate
@@ -726,6 +751,8 @@ class RtcGateway:
             async for live in started:
                 if live.id in session.messages:
                     continue  # resumed by its talker: it is playing or has played
+                if live.record.sender == session.account.id and not session.own:
+                    continue  # a walkie-talkie does not play you back to yourself
                 await session.connected.wait()
                 # Start where the track ended, or now if the track has been quiet since.
                 elapsed = (time.monotonic_ns() - session.connected_ns) * 48 // 1_000_000
@@ -757,4 +784,4 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-__all__ = ["SDP", "RtcGateway", "WhepSession", "WhipSession", "whep_listen"]
+__all__ = ["SDP", "RtcGateway", "WhepSession", "WhipSession", "monitor_own", "whep_listen"]
