@@ -412,3 +412,28 @@ async def test_monitor_leaves_out_your_own_messages_unless_asked(
         assert (await everything.status())["messages"] == ["m-alice", "m-bob"]
     response = await post(server.url, f"/v1/threads/{thread}/whep?own=maybe", alice.token, "")
     assert error_of(response) == (400, 104, "INVALID_REQUEST")
+
+
+async def test_a_talker_sending_on_after_delete_does_not_hold_the_close(
+    server: RunningServer, packets: list[bytes]
+) -> None:
+    """VXS-12-4: what arrives after the DELETE is not part of the message, and the close
+    does not wait for the talker to fall silent."""
+    alice = await make_user(server.url, "alice")
+    thread = await make_thread(server.url, alice)
+    async with RtcClient(server.url, alice.token) as rtc, trio.open_nursery() as nursery:
+        talker = await rtc.whip(thread, "m-on")
+
+        async def keep_sending() -> None:
+            for index, packet in enumerate(packets):
+                talker.send(packet, index * 960)
+                await trio.sleep(0.02)
+
+        nursery.start_soon(keep_sending)
+        await trio.sleep(0.5)
+        with trio.fail_after(2):
+            closed = await talker.end()
+        nursery.cancel_scope.cancel()
+    assert 15 <= closed["chunks"] <= 35
+    result = await collect(server.url, alice.token, Listen(msg="m-on"))
+    assert [p for c in result.chunks for p in c.packets] == packets[: closed["chunks"]]

@@ -17,6 +17,8 @@ what arrives with what was sent, byte for byte; benchmarks time the arrivals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +90,14 @@ async def _accept(peer: _Peer, answer: str) -> None:
     await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
+async def _flush(peer: _Peer, limit: float) -> None:
+    """Wait (at most ``limit`` s) until every packet pushed has gone out as RTP."""
+    if peer.track is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.track.empty.wait(), limit)
+    await asyncio.sleep(0.02)  # the last packet: from the sender's loop onto the socket
+
+
 async def _close(peer: _Peer) -> None:
     if peer.track is not None:
         peer.track.end()
@@ -139,7 +149,10 @@ class WhipTalker(_Session):
 
     async def end(self) -> dict[str, Any]:
         """``DELETE``: the server closes the message once everything received is durable,
-        and answers with the session's final status (``chunks``, ``duration``)."""
+        and answers with the session's final status (``chunks``, ``duration``). Packets
+        still queued go out first: what arrives after the DELETE is not part of the
+        message (VXS-12-4)."""
+        await self.client.aio.run(_flush, self.peer, 2.0)
         try:
             return await self.client._json("DELETE", self.location)
         finally:

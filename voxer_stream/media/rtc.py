@@ -134,12 +134,17 @@ class PacketTrack(MediaStreamTrack):
         self.sent = 0
         #: Set once ``end``'s marker has been taken: every packet before it went out.
         self.finished = asyncio.Event()
+        #: Set while nothing is queued: every packet pushed so far was taken by the sender.
+        self.empty = asyncio.Event()
+        self.empty.set()
 
     def push(self, packet: bytes, ts: int) -> None:
+        self.empty.clear()
         self._queue.put_nowait((packet, ts))
 
     def push_many(self, packets: Iterable[tuple[bytes, int]]) -> None:
         for item in packets:
+            self.empty.clear()
             self._queue.put_nowait(item)
 
     def end(self) -> None:
@@ -153,6 +158,8 @@ class PacketTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         item = await self._queue.get()
+        if self._queue.empty():
+            self.empty.set()
         if item is None:
             self.finished.set()
             self.stop()

@@ -80,7 +80,8 @@ log = logging.getLogger(__name__)
 
 #: A WHIP session with no RTP packet for this long closes its message (VXS-12-4).
 IDLE_TIMEOUT: Final = 5.0
-#: After a stop, packets are still taken until none came for this long (then close).
+#: After a stop, packets that arrived before it are still taken until none came for this
+#: long (they cross from aiortc's thread within microseconds; this bounds the wait).
 DRAIN_QUIET: Final = 0.1
 #: How long a peer has to connect (ICE + DTLS) after the answer (VXS-12-10).
 CONNECT_TIMEOUT: Final = 30.0
@@ -250,6 +251,8 @@ class RtcSession:
     changed: trio.Event = field(default_factory=trio.Event)
     connected: trio.Event = field(default_factory=trio.Event)
     connected_ns: int = 0
+    #: When ``stop`` was called (``time.monotonic_ns``, the clock of ``RtpArrival``).
+    stopped_ns: int = 0
     #: The scope of whatever the session waits on (cancelled by ``stop``).
     waiting: trio.CancelScope | None = None
 
@@ -264,6 +267,8 @@ class RtcSession:
 
     def stop(self) -> None:
         """End the session (DELETE, or the peer went away)."""
+        if not self.stop_requested.is_set():
+            self.stopped_ns = time.monotonic_ns()
         self.stop_requested.set()
         if self.waiting is not None:
             self.waiting.cancel()
@@ -595,8 +600,10 @@ class RtcGateway:
         end_ts = base
         unwrap = Unwrapper()
         while True:
-            # Once stopped (DELETE, or the peer went away), what already arrived or is on
-            # its way from aiortc's loop is still the talker's: take it until quiet.
+            # Once stopped (DELETE, or the peer went away), what arrived before the stop
+            # but is still on its way from aiortc's loop is the talker's: take it, until a
+            # packet that arrived after the stop, or quiet. A talker that keeps sending
+            # after its DELETE does not hold the close up.
             stopping = session.stop_requested.is_set()
             with trio.move_on_after(DRAIN_QUIET if stopping else self.idle_timeout) as scope:
                 if not stopping:
@@ -611,6 +618,8 @@ class RtcGateway:
                 if stopping or not session.stop_requested.is_set():
                     break  # quiet after a stop, or quiet for idle_timeout
                 continue  # stopped while waiting: take what is left first
+            if session.stop_requested.is_set() and arrival.arrival_ns > session.stopped_ns:
+                break
             ts = base + unwrap(arrival.timestamp)
             try:
                 duration = parse_packet(arrival.payload).duration
