@@ -176,12 +176,21 @@ class Context:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["authorization"] = f"Bearer {token}"
-        try:
-            response = await self.http.request(
-                method, path, json=json, content=content, headers=all_headers
-            )
-        except httpx.HTTPError as exc:
-            raise TransportFailure(f"{method} {path}: {exc!r}") from None
+        for attempt in (1, 2):
+            try:
+                response = await self.http.request(
+                    method, path, json=json, content=content, headers=all_headers
+                )
+                break
+            except httpx.RemoteProtocolError as exc:
+                # A server may close a kept-alive connection (after answering a request
+                # whose body it did not read, say) while the next request is on its way;
+                # RFC 9112 section 9.3.1 lets a client retry an idempotent request on a
+                # new connection, as browsers do. Once only, and never a POST.
+                if attempt == 2 or method not in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS"):
+                    raise TransportFailure(f"{method} {path}: {exc!r}") from None
+            except httpx.HTTPError as exc:
+                raise TransportFailure(f"{method} {path}: {exc!r}") from None
         body: Any = None
         if response.headers.get("content-type", "").startswith("application/json"):
             try:

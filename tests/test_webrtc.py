@@ -434,6 +434,6 @@ async def test_a_talker_sending_on_after_delete_does_not_hold_the_close(
         with trio.fail_after(2):
             closed = await talker.end()
         nursery.cancel_scope.cancel()
-    assert 15 <= closed["chunks"] <= 35
+    assert 15 <= closed["chunks"] <= 25 + 13  # 0.5 s sent, at most DRAIN_SLACK more
     result = await collect(server.url, alice.token, Listen(msg="m-on"))
     assert [p for c in result.chunks for p in c.packets] == packets[: closed["chunks"]]

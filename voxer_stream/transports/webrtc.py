@@ -83,6 +83,9 @@ IDLE_TIMEOUT: Final = 5.0
 #: After a stop, packets that arrived before it are still taken until none came for this
 #: long (they cross from aiortc's thread within microseconds; this bounds the wait).
 DRAIN_QUIET: Final = 0.1
+#: ... and those aiortc's loop saw up to this long after the stop: a loaded process sees a
+#: packet later than the kernel got it (on loopback 0.25 s is 12 packets of 20 ms).
+DRAIN_SLACK_NS: Final = 250_000_000
 #: How long a peer has to connect (ICE + DTLS) after the answer (VXS-12-10).
 CONNECT_TIMEOUT: Final = 30.0
 #: How long an ended session's status stays readable with GET.
@@ -600,10 +603,11 @@ class RtcGateway:
         end_ts = base
         unwrap = Unwrapper()
         while True:
-            # Once stopped (DELETE, or the peer went away), what arrived before the stop
-            # but is still on its way from aiortc's loop is the talker's: take it, until a
-            # packet that arrived after the stop, or quiet. A talker that keeps sending
-            # after its DELETE does not hold the close up.
+            # Once stopped (DELETE, or the peer went away), what the talker sent before the
+            # stop but is still on its way (in the socket, in aiortc's loop, on this
+            # channel) is the talker's: take it, until quiet or a packet that aiortc saw
+            # more than DRAIN_SLACK after the stop. A talker that keeps sending after its
+            # DELETE does not hold the close up.
             stopping = session.stop_requested.is_set()
             with trio.move_on_after(DRAIN_QUIET if stopping else self.idle_timeout) as scope:
                 if not stopping:
@@ -618,7 +622,9 @@ class RtcGateway:
                 if stopping or not session.stop_requested.is_set():
                     break  # quiet after a stop, or quiet for idle_timeout
                 continue  # stopped while waiting: take what is left first
-            if session.stop_requested.is_set() and arrival.arrival_ns > session.stopped_ns:
+            if session.stop_requested.is_set() and (
+                arrival.arrival_ns > session.stopped_ns + DRAIN_SLACK_NS
+            ):
                 break
             ts = base + unwrap(arrival.timestamp)
             try:

@@ -637,6 +637,10 @@ class Talk {
         await this.whenReleased;
       }
       setTalkState("sending");
+      // Stop sending at the release itself: the message is what was said while held.
+      // RELEASE_TAIL_MS then lets the last packets in flight reach the server before the
+      // DELETE (what it sees well after the DELETE is not part of the message, VXS-12-4).
+      await Promise.all(pc.getSenders().map((sender) => sender.replaceTrack(null).catch(() => null)));
       if (pc.connectionState === "connected") await new Promise((r) => setTimeout(r, RELEASE_TAIL_MS));
       rtc.lastStats.talk = await rtpStats(pc, "outbound-rtp").catch(() => null);
       // DELETE answers once the message is closed and durable (VXS-12-3).
