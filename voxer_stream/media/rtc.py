@@ -189,12 +189,35 @@ class RtpArrival:
     payload: bytes
 
 
-def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpArrival], None]) -> None:
+class _DiscardQueue:
+    """Stands in for the queue aiortc's decoder thread reads: it holds nothing but the
+    stop marker, so the thread decodes nothing and ends (and ends the track) on stop."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+
+    def put(self, item: object) -> None:
+        if item is None:
+            self._stopped.set()
+
+    def get(self) -> None:
+        self._stopped.wait()
+
+
+def tap_receiver(
+    receiver: RTCRtpReceiver, on_packet: Callable[[RtpArrival], None], *, decode: bool = False
+) -> None:
     """Call ``on_packet`` with every RTP packet ``receiver`` gets, before aiortc's own
-    handling (statistics, jitter buffer, decoder), which then goes on as usual.
+    handling (statistics for RTCP reports, jitter buffer), which then goes on as usual.
 
     aiortc offers no hook for encoded media; the DTLS transport's router calls the
-    receiver's ``_handle_rtp_packet`` for each packet, which this wraps."""
+    receiver's ``_handle_rtp_packet`` for each packet, which this wraps. Unless ``decode``,
+    nothing is decoded either: aiortc would decode every packet in a thread of its own
+    (tens of microseconds each, under the GIL) into frames nobody here listens to.
+    Call this before the connection is made (aiortc starts the decoder thread then)."""
+    if not decode:
+        # aiortc 1.16 gives its decoder thread this queue when the receiver starts.
+        receiver._RTCRtpReceiver__decoder_queue = _DiscardQueue()  # type: ignore[attr-defined]
     original = receiver._handle_rtp_packet
 
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
