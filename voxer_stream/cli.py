@@ -150,6 +150,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aioice logs every ICE check at INFO: a line per candidate pair per WebRTC peer.
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     config = ServerConfig(
         host=args.host,
         port=args.port,
