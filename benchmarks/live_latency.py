@@ -60,7 +60,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -665,8 +665,6 @@ def measure(
     The histograms (HDR, microseconds) are returned so that rounds of the same variant
     can be merged into one set of percentiles.
     """
-    from hdrh.histogram import HdrHistogram
-
     relay = variant == "relay"
     data_dir = workdir / f"data-{variant}-{n}{tag}"
     data_dir.mkdir()
@@ -743,16 +741,13 @@ def measure(
                 proc.kill()
         server.stop()
 
-    histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds, up to 60 s
-    from_send = HdrHistogram(1, 60_000_000, 3)
-    sent_at = talker_result["sent_at"]
     first_measured = math.ceil((warm_end - t0) / FRAME_NS)
-    for listener in listeners:
-        for seq, arrived in listener["arrivals"]:
-            if seq >= first_measured:
-                latency_us = (arrived - (t0 + seq * FRAME_NS)) / 1000
-                histogram.record_value(max(1, round(latency_us)))
-                from_send.record_value(max(1, round((arrived - sent_at[seq]) / 1000)))
+    histogram, from_send = latency_histograms(
+        [listener["arrivals"] for listener in listeners],
+        t0,
+        first_measured,
+        talker_result["sent_at"],
+    )
     measured_chunks = len(packets) - first_measured
     deliveries = measured_chunks * n
     errors = [x["error"] for x in listeners if x["error"]]
@@ -812,6 +807,28 @@ def measure(
         "server_command": server_command,
     }
     return result, histogram, from_send
+
+
+def latency_histograms(
+    arrivals: Iterable[Iterable[tuple[int, int]]],
+    t0: int,
+    first_measured: int,
+    sent_at: list[int],
+) -> tuple[Any, Any]:
+    """HDR histograms (microseconds, up to 60 s) of every arrival ``(index, ns)`` from
+    ``first_measured`` on: latency from the intended send time ``t0 + index * 20 ms``
+    (open loop, the reported one) and from the talker's actual send ``sent_at[index]``."""
+    from hdrh.histogram import HdrHistogram
+
+    histogram = HdrHistogram(1, 60_000_000, 3)
+    from_send = HdrHistogram(1, 60_000_000, 3)
+    for one in arrivals:
+        for index, arrived in one:
+            if index >= first_measured:
+                latency_us = (arrived - (t0 + index * FRAME_NS)) / 1000
+                histogram.record_value(max(1, round(latency_us)))
+                from_send.record_value(max(1, round((arrived - sent_at[index]) / 1000)))
+    return histogram, from_send
 
 
 def _ms(value: float) -> float:

@@ -92,6 +92,7 @@ from .live_latency import (
     TalkerResult,
     _latency_fields,
     _plain,
+    latency_histograms,
     listener_processes,
     machine,
     marginal_cpu,
@@ -669,7 +670,6 @@ def measure(
     """One run of N subscribers against ``variant``: (result, latency histogram,
     latency-from-send histogram), HDR in microseconds, for ``merge_rounds``."""
     import trio
-    from hdrh.histogram import HdrHistogram
 
     from .baselines.janus import MOUNTPOINT_ID, Janus, janus_talker_main
     from .live_latency import setup_accounts
@@ -747,16 +747,13 @@ def measure(
                 proc.join(5)
         server.stop()
 
-    histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds, up to 60 s
-    from_send = HdrHistogram(1, 60_000_000, 3)
-    sent_at = talker_result["sent_at"]
     first_measured = math.ceil((warm_end - t0) / FRAME_NS)
-    for subscriber in subscribers:
-        for index, arrived in subscriber["arrivals"]:
-            if index >= first_measured:
-                latency_us = (arrived - (t0 + index * FRAME_NS)) / 1000
-                histogram.record_value(max(1, round(latency_us)))
-                from_send.record_value(max(1, round((arrived - sent_at[index]) / 1000)))
+    histogram, from_send = latency_histograms(
+        [subscriber["arrivals"] for subscriber in subscribers],
+        t0,
+        first_measured,
+        talker_result["sent_at"],
+    )
     measured_chunks = len(packets) - first_measured
     deliveries = measured_chunks * n
     errors = [x["error"] for x in subscribers if x["error"]]

@@ -9,15 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from aiortc import RTCRtpSender
 
+from conformance.cases.webrtc import sample_offer, without_opus
 from tests.conftest import RunningServer, make_thread, make_user, server_process
 from voxer_stream.client import Rest, collect, talk
 from voxer_stream.client.rtc import RtcClient
 from voxer_stream.client.talker import chunks_from_packets, realtime
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
-from voxer_stream.media.rtc import RtpArrival, Unwrapper, loopback_configuration
+from voxer_stream.media.rtc import RtpArrival, Unwrapper
 from voxer_stream.transports.server import ServerConfig, run_server
 from voxer_stream.wire import Listen, Open
 
@@ -81,32 +81,9 @@ async def test_http2_talker_to_whep_listener(server: RunningServer, packets: lis
 
 
 async def offer_sdp(*, send: bool, opus: bool = True) -> str:
-    """A real aiortc offer (in a throwaway asyncio loop thread)."""
-    from aiortc import RTCPeerConnection
-
-    from voxer_stream.media.rtc import AsyncioThread, PacketTrack, prefer_opus
-
-    async def make() -> str:
-        pc = RTCPeerConnection(loopback_configuration())
-        if send:
-            transceiver = pc.addTransceiver(PacketTrack(), direction="sendonly")
-        else:
-            transceiver = pc.addTransceiver("audio", direction="recvonly")
-        if opus:
-            prefer_opus(transceiver)
-        else:
-            codecs = RTCRtpSender.getCapabilities("audio").codecs
-            transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "audio/PCMU"])
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    aio = AsyncioThread("offer")
-    try:
-        return await aio.run(make)
-    finally:
-        aio.stop()
+    """A real aiortc offer (the conformance suite's), or one whose codec is not Opus."""
+    offer = await sample_offer(send=send)
+    return offer if opus else without_opus(offer)
 
 
 async def post(url: str, path: str, token: str | None, body: str) -> httpx.Response:

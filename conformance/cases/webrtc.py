@@ -49,7 +49,7 @@ async def refusal(ctx: Context, path: str, token: str | None, body: str) -> tupl
     return reply.status, str(error["name"]) if error else f"(no error body: {reply.body!r})"
 
 
-async def sample_offer(ctx: Context, *, send: bool) -> str:
+async def sample_offer(*, send: bool) -> str:
     """A real offer from a peer that is then dropped (the refusals never need its media)."""
     from aiortc import RTCPeerConnection
 
@@ -97,8 +97,8 @@ def without_opus(sdp: str) -> str:
 async def signalling_refusals(ctx: Context) -> None:
     thread = await ctx.thread()
     msg = await ctx.talk(thread, 2)
-    send_offer = await sample_offer(ctx, send=True)
-    receive_offer = await sample_offer(ctx, send=False)
+    send_offer = await sample_offer(send=True)
+    receive_offer = await sample_offer(send=False)
     whip = f"/v1/threads/{thread}/whip?msg={ctx.msg_id()}"
     checks = [
         ("no token", whip, None, send_offer, (401, "UNAUTHENTICATED")),
@@ -334,9 +334,9 @@ async def answer(ctx: Context) -> None:
         (
             "WHIP",
             f"/v1/threads/{thread}/whip?msg={ctx.msg_id()}",
-            await sample_offer(ctx, send=True),
+            await sample_offer(send=True),
         ),
-        ("WHEP", f"/v1/messages/{msg}/whep", await sample_offer(ctx, send=False)),
+        ("WHEP", f"/v1/messages/{msg}/whep", await sample_offer(send=False)),
     ):
         reply = await ctx.rest(
             "POST", path, token=ctx.alice.token, content=offer.encode(), headers=SDP_HEADERS
@@ -383,7 +383,7 @@ async def connect_timeout(ctx: Context) -> None:
         )
     thread = await ctx.thread()
     msg = await ctx.talk(thread, 2)
-    offer = await sample_offer(ctx, send=False)  # its peer is closed at once: never connects
+    offer = await sample_offer(send=False)  # its peer is closed at once: never connects
     reply = await ctx.rest(
         "POST",
         f"/v1/messages/{msg}/whep",
