@@ -382,6 +382,31 @@ class WhepSession(RtcSession):
         return out
 
 
+class _Outbox:
+    """Packets for WHEP tracks, carried to aiortc's loop in one call per batch.
+
+    At the live edge ``publish`` writes a chunk to every listener (``try_send``) and then
+    flushes each: one cross-thread call for all of them, not one per listener (each is a
+    lock and a wake-up write on the loop's self-pipe)."""
+
+    def __init__(self, aio: AsyncioThread) -> None:
+        self.aio = aio
+        self.pending: list[tuple[PacketTrack, list[tuple[bytes, int]]]] = []
+
+    def put(self, track: PacketTrack, items: list[tuple[bytes, int]]) -> None:
+        self.pending.append((track, items))
+
+    def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.aio.call_soon(_push_all, batch)
+
+
+def _push_all(batch: list[tuple[PacketTrack, list[tuple[bytes, int]]]]) -> None:
+    for track, items in batch:
+        track.push_many(items)
+
+
 class _RtcSink:
     """A listen's frames onto a WHEP session's track: each chunk's packets are pushed to
     the ``PacketTrack`` on the asyncio loop. A ``DirectSink``: UDP has no flow control to
@@ -392,9 +417,9 @@ class _RtcSink:
     frame after ``message`` until the peer is connected, so nothing is sent into the void
     and pacing starts with the first packet that can arrive."""
 
-    def __init__(self, session: WhepSession, aio: AsyncioThread) -> None:
+    def __init__(self, session: WhepSession, outbox: _Outbox) -> None:
         self.session = session
-        self.aio = aio
+        self.outbox = outbox
         self.track: PacketTrack | None = None
         #: Set at the listen's first frame (``message``) or its refusal.
         self.settled = trio.Event()
@@ -406,7 +431,7 @@ class _RtcSink:
         self.session.packets_sent += len(items)
         last_packet, last_ts = items[-1]
         self.session.track_end = last_ts + parse_packet(last_packet).duration
-        self.aio.call_soon(self.track.push_many, items)
+        self.outbox.put(self.track, items)
 
     async def send(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
@@ -420,13 +445,14 @@ class _RtcSink:
             self.session.state = "playing"
             if isinstance(decoded, Chunk):
                 self._push(frame)
+                self.outbox.flush()
 
     def try_send(self, frame: bytes) -> bool:
         self._push(frame)
         return True
 
     def flush(self) -> None:
-        pass
+        self.outbox.flush()
 
     async def fail(self, exc: ProtocolError, data: bytes) -> None:
         self.session.error = exc
@@ -456,6 +482,7 @@ class RtcGateway:
         self.sessions: dict[str, WhipSession | WhepSession] = {}
         self._aio: AsyncioThread | None = None
         self._nursery: trio.Nursery | None = None
+        self._outbox: _Outbox | None = None
 
     @property
     def aio(self) -> AsyncioThread:
@@ -464,6 +491,12 @@ class RtcGateway:
             use_host_addresses([self.host])
             self._aio = AsyncioThread("voxer-rtc")
         return self._aio
+
+    @property
+    def outbox(self) -> _Outbox:
+        if self._outbox is None or self._outbox.aio is not self.aio:
+            self._outbox = _Outbox(self.aio)
+        return self._outbox
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -477,10 +510,13 @@ class RtcGateway:
             if self._aio is not None:
                 aio, self._aio = self._aio, None
                 peers = [s.peer for s in self.sessions.values() if s.peer is not None]
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    for peer in peers:
-                        await aio.run(_close, peer)
-                await trio.to_thread.run_sync(aio.stop)
+                # Shielded: this runs while the server is being cancelled, and an await
+                # that is not would raise at once, leaving the loop and its peers running.
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(2):
+                        for peer in peers:
+                            await aio.run(_close, peer)
+                    await trio.to_thread.run_sync(aio.stop)
 
     async def _reap(self) -> None:
         """Forget ended sessions ``LINGER`` seconds after they ended."""
@@ -674,7 +710,7 @@ class RtcGateway:
         """Start the listen (its refusal is the answer), then check the offer and negotiate
         the peer (the order of VXS-12-2)."""
         nursery = self._nursery_or_fail()
-        sink = _RtcSink(session, self.aio)
+        sink = _RtcSink(session, self.outbox)
         await nursery.start(self._run_whep, session, sink)
         try:
             check_offer(offer)
