@@ -79,6 +79,13 @@ def server_parser() -> argparse.ArgumentParser:
         help="the server's period for giving up a WebRTC peer that does not connect, if "
         "20 s or less (runs the strict case for VXS-12-10)",
     )
+    parser.add_argument(
+        "--rtc-max-sessions",
+        type=int,
+        metavar="N",
+        help="the server's limit of WebRTC sessions per account, if 10 or less (runs the "
+        "strict case for VXS-12-12)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -93,6 +100,7 @@ async def run_suite(args: argparse.Namespace) -> list[Result]:
     ctx.cacert = args.cacert
     ctx.abandon_after = args.abandon_after
     ctx.rtc_connect_timeout = args.rtc_connect_timeout
+    ctx.rtc_max_sessions = args.rtc_max_sessions
     unclaimed = {}
     if not args.tls_server:
         unclaimed["tls"] = "no --tls-server given"

@@ -91,6 +91,7 @@ class Context:
     #: (VXS-5.7-3), when the implementer tells the suite (``--abandon-after``).
     abandon_after: float | None = None
     rtc_connect_timeout: float | None = None
+    rtc_max_sessions: int | None = None
     strict: bool = False
     prefix: str = field(default_factory=lambda: "cf" + secrets.token_hex(4))
     accounts: dict[str, Account] = field(default_factory=dict)

@@ -91,7 +91,11 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     # --strict: the SHOULD and MAY cases too; the abandon period short enough to wait for.
     with server_process(
-        tmp_path / "data", "--abandon-after=3", "--rtc-connect-timeout=2", log=log
+        tmp_path / "data",
+        "--abandon-after=3",
+        "--rtc-connect-timeout=2",
+        "--rtc-max-sessions=3",
+        log=log,
     ) as server:
         code, out, report = run_suite(
             server.url,
@@ -103,6 +107,8 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
             "3",
             "--rtc-connect-timeout",
             "2",
+            "--rtc-max-sessions",
+            "3",
         )
         assert server.stop() == 0
     # Bad input gets registry errors, never a crash: no traceback in the server's log.

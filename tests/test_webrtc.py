@@ -414,3 +414,30 @@ async def test_a_talker_sending_on_after_delete_does_not_hold_the_close(
     assert 15 <= closed["chunks"] <= 25 + 13  # 0.5 s sent, at most DRAIN_SLACK more
     result = await collect(server.url, alice.token, Listen(msg="m-on"))
     assert [p for c in result.chunks for p in c.packets] == packets[: closed["chunks"]]
+
+
+async def test_an_account_at_the_session_limit_is_refused_until_one_ends(
+    tmp_path: Path,
+) -> None:
+    """VXS-12-12: the third session of an account with a limit of 2 is TOO_MANY_SESSIONS
+    (429); another account is not affected, and one DELETE makes room."""
+    config = ServerConfig(
+        port=0, data_dir=tmp_path / "data", synchronous="NORMAL", rtc_max_sessions=2
+    )
+    async with trio.open_nursery() as nursery:
+        (url,) = (await nursery.start(run_server, config))[:1]
+        alice = await make_user(url, "alice")
+        bob = await make_user(url, "bob")
+        thread = await make_thread(url, alice, bob)
+        async with RtcClient(url, alice.token) as rtc, RtcClient(url, bob.token) as other:
+            first, second = await rtc.whip(thread), await rtc.whip(thread)
+            response = await post(
+                url, f"/v1/threads/{thread}/whip", alice.token, await offer_sdp(send=True)
+            )
+            assert error_of(response) == (429, 503, "TOO_MANY_SESSIONS")
+            bobs = await other.whip(thread)
+            await first.end()
+            third = await rtc.whip(thread)
+            for talker in (second, third, bobs):
+                await talker.end()
+        nursery.cancel_scope.cancel()

@@ -164,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         storage=args.storage,
         rtc_idle_timeout=args.rtc_idle_timeout,
         rtc_connect_timeout=args.rtc_connect_timeout,
+        rtc_max_sessions=args.rtc_max_sessions,
     )
     trio.run(_serve, config)
     return 0
@@ -411,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="give up a WebRTC peer that has not connected this long after the answer (VXS-12-10)",
+    )
+    serve.add_argument(
+        "--rtc-max-sessions",
+        type=int,
+        default=20,
+        metavar="N",
+        help="WebRTC sessions one account may have open at once (VXS-12-12)",
     )
     serve.set_defaults(sync_func=cmd_serve)
 

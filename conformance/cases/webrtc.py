@@ -410,3 +410,45 @@ async def connect_timeout(ctx: Context) -> None:
         "VXS-12-10",
         f"{period:g} s after an answer nobody used, the session is {status}",
     )
+
+
+@case(
+    "12/session-limit",
+    "an account at the server's session limit is refused with TOO_MANY_SESSIONS until one ends",
+    requirements=("VXS-12-12",),
+    group=GROUP,
+    strict=True,
+    accepts="only with the server's limit known to the suite (--rtc-max-sessions, at most 10): "
+    "alice opens that many WHIP sessions; one more WHIP or WHEP POST is 429 "
+    "TOO_MANY_SESSIONS; after she DELETEs one, a new session is 201; otherwise skipped",
+    timeout=60,
+)
+async def session_limit(ctx: Context) -> None:
+    limit = ctx.rtc_max_sessions
+    if limit is None or not 0 < limit <= 10:
+        skip(
+            "the server's limit is not known; run it with a small one and pass it with "
+            "--rtc-max-sessions to check VXS-12-12"
+        )
+    thread = await ctx.thread()
+    msg = await ctx.talk(thread, 2)
+    async with rtc_client(ctx, ctx.alice) as rtc:
+        talkers = [await rtc.whip(thread) for _ in range(limit)]
+        try:
+            for what, path, offer in (
+                ("WHIP", f"/v1/threads/{thread}/whip", await sample_offer(send=True)),
+                ("WHEP", f"/v1/messages/{msg}/whep", await sample_offer(send=False)),
+            ):
+                got = await refusal(ctx, path, ctx.alice.token, offer)
+                expect(
+                    got == (429, "TOO_MANY_SESSIONS"),
+                    "VXS-12-12",
+                    f"a {what} session beyond the limit of {limit}: {got}",
+                )
+            await talkers.pop().end()
+            again = await rtc.whip(thread)
+            expect(bool(again.location), "VXS-12-12", "no new session after one ended")
+            talkers.append(again)
+        finally:
+            for talker in talkers:
+                await talker.end()

@@ -57,6 +57,8 @@ class ServerConfig:
     rtc_idle_timeout: float = 5.0
     #: A WebRTC peer not connected this long after the answer is given up (VXS-12-10).
     rtc_connect_timeout: float = 30.0
+    #: WebRTC sessions one account may have open at once (VXS-12-12).
+    rtc_max_sessions: int = 20
 
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -107,6 +109,7 @@ async def run_server(
             host=config.host,
             idle_timeout=config.rtc_idle_timeout,
             connect_timeout=config.rtc_connect_timeout,
+            max_sessions=config.rtc_max_sessions,
         )
         await nursery.start(rtc.serve)
         app: Any = Router(services, rtc)

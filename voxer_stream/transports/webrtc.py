@@ -88,6 +88,9 @@ DRAIN_QUIET: Final = 0.1
 DRAIN_SLACK_NS: Final = 250_000_000
 #: How long a peer has to connect (ICE + DTLS) after the answer (VXS-12-10).
 CONNECT_TIMEOUT: Final = 30.0
+#: WebRTC sessions one account may have open at once (VXS-12-12): each is a peer with
+#: its own UDP sockets and tasks, so an unbounded number could exhaust the process.
+MAX_SESSIONS: Final = 20
 #: How long an ended session's status stays readable with GET.
 LINGER: Final = 60.0
 #: RTP packets buffered between aiortc's loop and trio (about 20 s of 20 ms packets).
@@ -473,12 +476,14 @@ class RtcGateway:
         host: str = "127.0.0.1",
         idle_timeout: float = IDLE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self.services = services
         self.hub: Hub = services.hub
         self.host = host
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.max_sessions = max_sessions
         self.sessions: dict[str, WhipSession | WhepSession] = {}
         self._aio: AsyncioThread | None = None
         self._nursery: trio.Nursery | None = None
@@ -550,6 +555,20 @@ class RtcGateway:
         session.peer = peer
         return answer
 
+    def check_room(self, account: Account) -> None:
+        """Refuse a new session beyond ``max_sessions`` open ones (VXS-12-12)."""
+        open_ = sum(
+            1
+            for session in self.sessions.values()
+            if session.account.id == account.id and not session.ended.is_set()
+        )
+        if open_ >= self.max_sessions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"{open_} WebRTC sessions are open; end one first (DELETE)",
+                "VXS-12-12",
+            )
+
     def _nursery_or_fail(self) -> trio.Nursery:
         if self._nursery is None:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is stopping", "VXS-5.6-3")
@@ -565,6 +584,7 @@ class RtcGateway:
         check_identifier(thread_id, "thread")
         msg = check_identifier(msg, "msg") if msg is not None else new_id()
         await self.services.threads.can_post(account, thread_id)
+        self.check_room(account)
         check_offer(offer)
         send, receive = trio.open_memory_channel[RtpArrival](ARRIVAL_BUFFER)
         session = WhipSession(account=account, thread_id=thread_id, msg=msg, arrivals=receive)
@@ -711,6 +731,7 @@ class RtcGateway:
         the peer (the order of VXS-12-2)."""
         nursery = self._nursery_or_fail()
         sink = _RtcSink(session, self.outbox)
+        self.check_room(session.account)
         await nursery.start(self._run_whep, session, sink)
         try:
             check_offer(offer)

@@ -45,6 +45,7 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = 500
     SHUTTING_DOWN = 501
     IDLE_TIMEOUT = 502
+    TOO_MANY_SESSIONS = 503
 
     @property
     def http_status(self) -> int:
@@ -81,6 +82,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.IDLE_TIMEOUT: 408,
+    ErrorCode.TOO_MANY_SESSIONS: 429,
 }
 
 _DESCRIPTION: dict[ErrorCode, str] = {
@@ -108,6 +110,7 @@ _DESCRIPTION: dict[ErrorCode, str] = {
     ErrorCode.INVALID_LISTEN: "the listen request's parameters are invalid",
     ErrorCode.INTERNAL_ERROR: "the server failed; the request may be retried",
     ErrorCode.SHUTTING_DOWN: "the server is shutting down; reconnect and resume",
+    ErrorCode.TOO_MANY_SESSIONS: "the account has as many sessions of this kind as allowed",
     ErrorCode.IDLE_TIMEOUT: "no frame arrived within the idle timeout",
 }
 
