@@ -67,4 +67,6 @@ async def test_refused_posts_on_one_connection_never_hang(server: RunningServer)
                 assert head.startswith(b"HTTP/1.1 401"), head
                 reused += on_this_connection > 0
                 on_this_connection += 1
-    assert reused > 100, (sent, reused)
+    # The REST app reads a (bounded) body before it refuses the request, so the server has
+    # no reason to close: 1,197 of 1,200 were answered on a reused connection here.
+    assert reused >= 1000, (sent, reused)

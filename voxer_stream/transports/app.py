@@ -28,6 +28,8 @@ from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, monitor_own, whep
 from .websocket import serve_websocket
 
 LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
+#: The largest REST request body (JSON or an SDP offer) the server reads.
+REST_BODY_LIMIT: Final = 1 << 20
 
 
 def _error_body(code: ErrorCode, detail: str) -> dict[str, Any]:
@@ -49,7 +51,18 @@ def _message_json(record: MessageRecord) -> dict[str, Any]:
 
 def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
+    # REST bodies are small JSON objects or SDP offers; the live path does not come here.
+    app.config["MAX_CONTENT_LENGTH"] = REST_BODY_LIMIT
     store = services.hub.store
+
+    @app.before_request
+    async def read_the_body_first() -> None:
+        # Before anything can refuse the request: hypercorn closes a kept-alive HTTP/1.1
+        # connection whose request body was left unread, and a client that had already
+        # sent its next request on it gets no answer ("server disconnected", seen by the
+        # conformance suite after a 401 to a POST). Bounded by MAX_CONTENT_LENGTH.
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            await request.get_data()
 
     @app.errorhandler(ProtocolError)
     async def protocol_error(exc: ProtocolError) -> tuple[Any, int]:
