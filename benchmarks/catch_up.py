@@ -69,6 +69,7 @@ from benchmarks.live_latency import (
     opus_packets,
     run_in_process,
     setup_accounts,
+    stop_processes,
     talker_main,
 )
 
@@ -414,10 +415,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         joins = _expect(joiner_pipe, "done", timeout, "joiner")
         finished = True
     finally:
-        for proc in procs:
-            proc.join(10 if finished else 0.1)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(procs, finished)
         server.stop()
     return analyse(
         args, plans, t0, count, talker_result, listener_results, joins, cpu_samples, server

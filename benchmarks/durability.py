@@ -24,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import shlex
-import sys
 import tempfile
 import time
 import uuid
@@ -51,19 +50,7 @@ LISTENERS = 5
 
 def storage_server(data_dir: Path, storage: str) -> Server:
     """The shipped server with ``--storage``, started and stopped as ``live_latency.Server``."""
-    command = [
-        sys.executable,
-        "-m",
-        "voxer_stream",
-        "serve",
-        "--port",
-        "0",
-        "--storage",
-        storage,
-        "--data-dir",
-        str(data_dir),
-    ]
-    return Server(data_dir, command, stderr_name=f"{data_dir.name}.stderr")
+    return Server(data_dir, stderr_name=f"{data_dir.name}.stderr", options=["--storage", storage])
 
 
 @dataclass

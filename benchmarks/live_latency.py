@@ -60,7 +60,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -505,8 +505,15 @@ class Server:
     """The shipped server as a child process; ``url`` from its first stdout line."""
 
     def __init__(
-        self, data_dir: Path, command: list[str] | None = None, stderr_name: str = "server.stderr"
+        self,
+        data_dir: Path,
+        command: list[str] | None = None,
+        stderr_name: str = "server.stderr",
+        *,
+        options: Sequence[str] = (),
     ) -> None:
+        """``command`` replaces ``voxer-stream serve`` (a baseline); ``options`` are added
+        to it (``--storage memory``, ``--rtc-idle-timeout 60``)."""
         self.command = command or [
             sys.executable,
             "-m",
@@ -516,6 +523,7 @@ class Server:
             "0",
             "--data-dir",
             str(data_dir),
+            *options,
         ]
         self.stderr = open(data_dir.parent / stderr_name, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -565,6 +573,16 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+def stop_processes(procs: Iterable[Any], finished: bool) -> None:
+    """Join the load generators (10 s each after a run that finished, a moment after one
+    that failed), then kill and reap whatever is left."""
+    for proc in procs:
+        proc.join(10 if finished else 0.1)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
 
 
 def measure_window(
@@ -735,10 +753,7 @@ def measure(
         check_sinks(listeners)
         finished = True
     finally:
-        for proc in procs:
-            proc.join(10 if finished else 0.1)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(procs, finished)
         server.stop()
 
     first_measured = math.ceil((warm_end - t0) / FRAME_NS)

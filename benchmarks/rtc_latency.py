@@ -99,6 +99,7 @@ from .live_latency import (
     measure_window,
     merge_rounds,
     ratios,
+    stop_processes,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -644,19 +645,8 @@ def expect(pipe: Conn, proc: Any, kind: str, within_s: float, what: str) -> Any:
 def _voxer_server(args: argparse.Namespace, data_dir: Path) -> Any:
     from .live_latency import Server
 
-    command = [
-        sys.executable,
-        "-m",
-        "voxer_stream",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--rtc-idle-timeout",
-        str(args.rtc_idle_timeout),
-    ]
-    return Server(data_dir, command, stderr_name=f"{data_dir.name}.stderr")
+    options = ["--rtc-idle-timeout", str(args.rtc_idle_timeout)]
+    return Server(data_dir, stderr_name=f"{data_dir.name}.stderr", options=options)
 
 
 def measure(
@@ -740,11 +730,7 @@ def measure(
             subscribers.extend(expect(pipe, proc, "done", timeout, "subscribers"))
         finished = True
     finally:
-        for proc in procs:
-            proc.join(10 if finished else 0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+        stop_processes(procs, finished)
         server.stop()
 
     first_measured = math.ceil((warm_end - t0) / FRAME_NS)

@@ -66,6 +66,7 @@ from .live_latency import (
     opus_packets,
     run_in_process,
     setup_accounts,
+    stop_processes,
     talker_main,
 )
 
@@ -363,10 +364,7 @@ def run_once(
         finished = True
     finally:
         sampler.stop()
-        for proc in procs:
-            proc.join(10 if finished else 0.1)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(procs, finished)
         server.stop()
 
     chunks = len(packets)

@@ -19,7 +19,7 @@ from voxer_stream.media.rtc import RtpArrival, Unwrapper
 from voxer_stream.wire import Chunk, Close
 
 from ..case import case, expect, skip
-from ..context import Account, Context, opus_packet
+from ..context import Account, Context, RestReply, opus_packet
 
 GROUP = "webrtc"
 SDP_HEADERS = {"content-type": "application/sdp"}
@@ -42,9 +42,14 @@ def sequence_steps(arrivals: list[RtpArrival]) -> list[int]:
     ]
 
 
+async def post_offer(ctx: Context, path: str, token: str | None, offer: str) -> RestReply:
+    """POST ``offer`` (SDP) to a WHIP or WHEP endpoint."""
+    return await ctx.rest("POST", path, token=token, content=offer.encode(), headers=SDP_HEADERS)
+
+
 async def refusal(ctx: Context, path: str, token: str | None, body: str) -> tuple[int, str]:
     """POST ``body`` as an offer; the HTTP status and the registry name of the error."""
-    reply = await ctx.rest("POST", path, token=token, content=body.encode(), headers=SDP_HEADERS)
+    reply = await post_offer(ctx, path, token, body)
     error = reply.error
     return reply.status, str(error["name"]) if error else f"(no error body: {reply.body!r})"
 
@@ -338,9 +343,7 @@ async def answer(ctx: Context) -> None:
         ),
         ("WHEP", f"/v1/messages/{msg}/whep", await sample_offer(send=False)),
     ):
-        reply = await ctx.rest(
-            "POST", path, token=ctx.alice.token, content=offer.encode(), headers=SDP_HEADERS
-        )
+        reply = await post_offer(ctx, path, ctx.alice.token, offer)
         sdp = reply.content.decode("utf-8", "replace")
         lines = sdp.splitlines()
         expect(
@@ -384,13 +387,7 @@ async def connect_timeout(ctx: Context) -> None:
     thread = await ctx.thread()
     msg = await ctx.talk(thread, 2)
     offer = await sample_offer(send=False)  # its peer is closed at once: never connects
-    reply = await ctx.rest(
-        "POST",
-        f"/v1/messages/{msg}/whep",
-        token=ctx.bob.token,
-        content=offer.encode(),
-        headers=SDP_HEADERS,
-    )
+    reply = await post_offer(ctx, f"/v1/messages/{msg}/whep", ctx.bob.token, offer)
     location = reply.headers.get("location")
     expect(reply.status == 201 and location, "VXS-12-10", f"the WHEP POST answered {reply.status}")
     assert location is not None

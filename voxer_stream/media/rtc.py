@@ -131,7 +131,6 @@ class PacketTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
-        self.sent = 0
         #: Set once ``end``'s marker has been taken: every packet before it went out.
         self.finished = asyncio.Event()
         #: Set while nothing is queued: every packet pushed so far was taken by the sender.
@@ -150,10 +149,6 @@ class PacketTrack(MediaStreamTrack):
     def end(self) -> None:
         self._queue.put_nowait(None)
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
     async def recv(self) -> av.Packet:  # type: ignore[type-arg]
         if self.readyState != "live":
             raise MediaStreamError
@@ -168,7 +163,6 @@ class PacketTrack(MediaStreamTrack):
         packet = av.Packet(data)
         packet.pts = ts
         packet.time_base = TIME_BASE
-        self.sent += 1
         return packet
 
 

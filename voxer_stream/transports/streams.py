@@ -178,7 +178,8 @@ async def upload(scope: Scope, receive: Receive, send: Send, services: Services)
 
 _DECIMAL_INT = re.compile(r"[0-9]{1,16}")
 _DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")
-_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+#: The spellings of a boolean query parameter (``live_edge``, WHEP monitor ``own``).
+FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
 
 def parse_listen(message_id: str, query: bytes) -> Listen:
@@ -198,8 +199,8 @@ def parse_listen(message_id: str, query: bytes) -> Listen:
     for key, value in pairs:
         if key in ("from_seq", "from_ts") and _DECIMAL_INT.fullmatch(value):
             fields[key] = int(value)
-        elif key == "live_edge" and value.lower() in _FLAGS:
-            fields[key] = _FLAGS[value.lower()]
+        elif key == "live_edge" and value.lower() in FLAGS:
+            fields[key] = FLAGS[value.lower()]
         elif key == "speed" and _DECIMAL.fullmatch(value):
             fields[key] = float(value)
         elif key in ("from_seq", "from_ts", "live_edge", "speed"):

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -74,7 +73,8 @@ from ..wire import (
     decode_frame,
     encode_frame,
 )
-from .streams import Services, parse_listen
+from ..wire.frames import ID_PATTERN
+from .streams import FLAGS, Services, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ ARRIVAL_BUFFER: Final = 1000
 #: The WebRTC default listening speed: real time (VXS-12-6).
 DEFAULT_SPEED: Final = 1.0
 SDP: Final = "application/sdp"
-_IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ConnectionState = Literal["new", "connecting", "connected", "failed", "closed"]
 
 
@@ -112,7 +111,7 @@ def new_id() -> str:
 
 
 def check_identifier(value: str, what: str) -> str:
-    if not _IDENT.fullmatch(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST, f"{what} {value!r} is not an identifier", "VXS-2.3-1"
         )
@@ -132,15 +131,14 @@ def check_offer(sdp: str) -> None:
 
 def monitor_own(query: bytes) -> bool:
     """``own`` of a monitor request (VXS-12-9): ``1`` or ``true``, ``0`` or ``false``."""
-    flags = {"1": True, "true": True, "0": False, "false": False}
     own = False
     for key, value in parse_qsl(query.decode("ascii", "replace"), keep_blank_values=True):
         if key == "own":
-            if value.lower() not in flags:
+            if value.lower() not in FLAGS:
                 raise ProtocolError(
                     ErrorCode.INVALID_REQUEST, f"bad query parameter own={value!r}", "VXS-12-9"
                 )
-            own = flags[value.lower()]
+            own = FLAGS[value.lower()]
     return own
 
 
@@ -159,20 +157,29 @@ def whep_listen(message_id: str, query: bytes) -> Listen:
     return listen
 
 
+@dataclass(frozen=True, slots=True)
+class SentFrame:
+    """A frame the pipeline sends, decoded; for a chunk, its packets with each one's media
+    time, and the chunk's end."""
+
+    frame: Frame
+    packets: tuple[tuple[bytes, int], ...] = ()
+    end_ts: int = 0
+
+
 @functools.lru_cache(maxsize=512)
-def decode_sent(frame: bytes) -> tuple[Frame, tuple[tuple[bytes, int], ...]]:
-    """A frame the pipeline sends, decoded, with a chunk's packets and each one's media
-    time. Cached: at the live edge ``publish`` hands the same frame bytes to every
-    WebRTC listener, which then decode it once between them."""
-    frame_obj = decode_frame(frame)
-    if not isinstance(frame_obj, Chunk):
-        return frame_obj, ()
+def decode_sent(frame: bytes) -> SentFrame:
+    """Cached: at the live edge ``publish`` hands the same frame bytes to every WebRTC
+    listener, which then decode it (and time its packets) once between them."""
+    decoded = decode_frame(frame)
+    if not isinstance(decoded, Chunk):
+        return SentFrame(decoded)
     out = []
-    ts = frame_obj.ts
-    for packet in frame_obj.packets:
+    ts = decoded.ts
+    for packet in decoded.packets:
         out.append((packet, ts))
         ts += parse_packet(packet).duration
-    return frame_obj, tuple(out)
+    return SentFrame(decoded, tuple(out), ts)
 
 
 # -- the asyncio side ----------------------------------------------------------------
@@ -361,7 +368,6 @@ class WhepSession(RtcSession):
     state: Literal["connecting", "playing", "ended", "failed"] = "connecting"
     packets_sent: int = 0
     messages: list[str] = field(default_factory=list)
-    current: str | None = None
     #: Media time offset of the current message on the track (monitor mode).
     base: int = 0
     #: The track's end so far, in ticks (where the next message may start).
@@ -427,31 +433,29 @@ class _RtcSink:
         #: Set at the listen's first frame (``message``) or its refusal.
         self.settled = trio.Event()
 
-    def _push(self, frame: bytes) -> None:
+    def _push(self, sent: SentFrame) -> None:
         assert self.track is not None
         base = self.session.base
-        items = [(packet, ts + base) for packet, ts in decode_sent(frame)[1]]
+        items = [(packet, ts + base) for packet, ts in sent.packets]
         self.session.packets_sent += len(items)
-        last_packet, last_ts = items[-1]
-        self.session.track_end = last_ts + parse_packet(last_packet).duration
+        self.session.track_end = sent.end_ts + base
         self.outbox.put(self.track, items)
 
     async def send(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
-            decoded, _ = decode_sent(frame)
-            if isinstance(decoded, MessageInfo):
-                self.session.current = decoded.msg
-                self.session.messages.append(decoded.msg)
+            sent = decode_sent(frame)
+            if isinstance(sent.frame, MessageInfo):
+                self.session.messages.append(sent.frame.msg)
                 self.settled.set()
                 continue
             await self.session.connected.wait()
             self.session.state = "playing"
-            if isinstance(decoded, Chunk):
-                self._push(frame)
+            if isinstance(sent.frame, Chunk):
+                self._push(sent)
                 self.outbox.flush()
 
     def try_send(self, frame: bytes) -> bool:
-        self._push(frame)
+        self._push(decode_sent(frame))
         return True
 
     def flush(self) -> None:
@@ -499,7 +503,7 @@ class RtcGateway:
 
     @property
     def outbox(self) -> _Outbox:
-        if self._outbox is None or self._outbox.aio is not self.aio:
+        if self._outbox is None:
             self._outbox = _Outbox(self.aio)
         return self._outbox
 
@@ -513,7 +517,7 @@ class RtcGateway:
         finally:
             self._nursery = None
             if self._aio is not None:
-                aio, self._aio = self._aio, None
+                aio, self._aio, self._outbox = self._aio, None, None
                 peers = [s.peer for s in self.sessions.values() if s.peer is not None]
                 # Shielded: this runs while the server is being cancelled, and an await
                 # that is not would raise at once, leaving the loop and its peers running.
@@ -832,7 +836,6 @@ class RtcGateway:
                 request = Listen(msg=live.id, from_seq=0, speed=DEFAULT_SPEED)
                 session.error = None
                 await self._play(session, request, sink)
-                session.current = None
 
     async def end_whep(self, session: WhepSession) -> WhepSession:
         session.stop()
