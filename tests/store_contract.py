@@ -156,7 +156,7 @@ class StoreContract:
 
     async def test_session_roundtrip_and_delete(self, store: Store) -> None:
         await store.create_account(account(1))
-        s = Session(token_hash="ab" * 32, account_id="acc-1", created=5, expires=10)
+        s = Session(token_hash="ab" * 32, account_id="acc-1", created=5, expires=10, id="s-1")
         await store.create_session(s)
         assert await store.get_session("ab" * 32) == s
         await store.delete_session("ab" * 32)
@@ -168,7 +168,7 @@ class StoreContract:
 
     async def test_session_expiry_is_the_callers(self, store: Store) -> None:
         await store.create_account(account(1))
-        s = Session(token_hash="cd" * 32, account_id="acc-1", created=5, expires=6)
+        s = Session(token_hash="cd" * 32, account_id="acc-1", created=5, expires=6, id="s-2")
         await store.create_session(s)
         assert await store.get_session("cd" * 32) == s  # long expired, still returned
 

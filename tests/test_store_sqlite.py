@@ -41,7 +41,6 @@ from voxer_stream.store import (
     StoreError,
     open_store,
 )
-from voxer_stream.store.memory import MemoryData, MemoryStore
 from voxer_stream.store.sqlite import SCHEMA_VERSION, decode_packets, encode_packets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,10 +133,14 @@ async def test_pragmas_and_schema(store: SQLiteStore) -> None:
         return {name: sql for name, sql in rows}
 
     tables = await store._read(schema)
-    assert set(tables) == {"accounts", "sessions", "threads", "participants", "messages", "chunks"}
+    core = {"accounts", "sessions", "threads", "participants", "messages", "chunks"}
+    service = {"contacts", "reactions", "receipts", "events", "timeline_trimmed", "media"}
+    search = {name for name in tables if name.startswith("search_index")}
+    assert set(tables) == core | service | search | {"push_subscriptions", "sqlite_sequence"}
+    assert "fts5" in tables["search_index"]
     assert "WITHOUT ROWID" in tables["chunks"]
     version = await store._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
-    assert version == SCHEMA_VERSION == 1
+    assert version == SCHEMA_VERSION == 2
 
 
 async def test_synchronous_normal(tmp_path: Path) -> None:
@@ -147,7 +150,7 @@ async def test_synchronous_normal(tmp_path: Path) -> None:
 
 def test_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
-        SQLiteStore(tmp_path / "db", synchronous="OFF")  # type: ignore[arg-type]
+        SQLiteStore(tmp_path / "db", synchronous="EXTRA")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="file path"):
         SQLiteStore(":memory:")
     with pytest.raises(ValueError, match="at least 1"):
@@ -225,7 +228,7 @@ async def test_foreign_keys_raise_not_found(store: SQLiteStore) -> None:
 
 async def test_duplicate_session(store: SQLiteStore) -> None:
     await store.create_account(account(1))
-    s = Session(token_hash="aa", account_id="acc-1", created=0, expires=1)
+    s = Session(token_hash="aa", account_id="acc-1", created=0, expires=1, id="s-1")
     await store.create_session(s)
     with pytest.raises(AlreadyExists):
         await store.create_session(s)
@@ -567,12 +570,3 @@ async def test_acked_chunks_survive_kill_9(tmp_path: Path) -> None:
             record = await store.get_message(f"m{m}")
             assert record is not None
             assert record.chunks == len(stored)
-
-
-class TestMemoryContract(StoreContract):
-    """The in-memory store (benchmarks, ``serve --storage memory``) keeps the contract too."""
-
-    @pytest.fixture
-    def store_factory(self) -> StoreFactory:
-        data = MemoryData()
-        return lambda: MemoryStore(data)

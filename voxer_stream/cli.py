@@ -165,6 +165,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rtc_idle_timeout=args.rtc_idle_timeout,
         rtc_connect_timeout=args.rtc_connect_timeout,
         rtc_max_sessions=args.rtc_max_sessions,
+        timeline_retention_days=args.timeline_retention_days,
+        push_subject=args.push_subject,
+        allow_local_push=args.allow_local_push,
     )
     trio.run(_serve, config)
     return 0
@@ -419,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         metavar="N",
         help="WebRTC sessions one account may have open at once (VXS-12-12)",
+    )
+    serve.add_argument(
+        "--timeline-retention-days",
+        type=float,
+        default=90.0,
+        metavar="DAYS",
+        help="trim timeline events older than this (0: keep all); VXS-13.5-4",
+    )
+    serve.add_argument(
+        "--push-subject",
+        default="mailto:admin@localhost",
+        help="the contact URI Web Push requests carry (VAPID sub, RFC 8292)",
+    )
+    serve.add_argument(
+        "--allow-local-push",
+        action="store_true",
+        help="accept Web Push endpoints over http on 127.0.0.1 (tests, development)",
     )
     serve.set_defaults(sync_func=cmd_serve)
 

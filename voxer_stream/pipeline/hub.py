@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -255,12 +255,25 @@ class Hub:
         #: Set when the server begins a graceful shutdown (VXS-5.6-3).
         self.shutting_down = trio.Event()
         self._watchers: dict[str, list[trio.MemorySendChannel[LiveMessage]]] = {}
+        #: Told ``("live", record)`` when a talker starts or resumes a message and
+        #: ``("closed", record)`` once it is closed durably: how the service layer
+        #: puts audio messages on timelines without the pipeline knowing about them.
+        #: It must not block (it queues).
+        self.activity: Callable[[str, MessageRecord], None] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
 
     def peek(self, message_id: str) -> LiveMessage | None:
         return self._live.get(message_id)
+
+    def live_in(self, thread_id: str) -> list[LiveMessage]:
+        """The thread's messages that are live now, with a talker (who is speaking)."""
+        return [
+            live
+            for live in self._live.values()
+            if live.record.thread_id == thread_id and live.uploader is not None
+        ]
 
     async def get(self, message_id: str) -> tuple[MessageRecord | None, LiveMessage | None]:
         """The message's stored record and, if it is live, its ``LiveMessage``."""
@@ -290,6 +303,11 @@ class Hub:
             await self.store.close_message(live.id, live.next_seq, live.end_ts)
             live.mark_closed()
             del self._live[live.id]
+        if self.activity is not None:
+            closed = replace(
+                live.record, state="closed", chunks=live.next_seq, duration=live.end_ts
+            )
+            self.activity("closed", closed)
 
     @contextmanager
     def watch(self, thread_id: str) -> Iterator[trio.MemoryReceiveChannel[LiveMessage]]:
@@ -309,6 +327,8 @@ class Hub:
 
     def announce(self, live: LiveMessage) -> None:
         """A talker started (or resumed) ``live``: tell the thread's watchers."""
+        if self.activity is not None:
+            self.activity("live", live.record)
         for send in self._watchers.get(live.record.thread_id, ()):
             try:
                 send.send_nowait(live)

@@ -63,21 +63,39 @@ import trio
 
 from .base import (
     Account,
-    AlreadyExists,
     MessageRecord,
-    MessageState,
+    NewEvent,
     NotFound,
+    Role,
     Session,
     StoredChunk,
     StoreError,
     Thread,
 )
+from .sqlite_rows import (
+    ACCOUNT_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_PLACEHOLDERS,
+    SESSION_COLUMNS,
+    THREAD_COLUMNS,
+    account_row,
+    get_message,
+    get_thread,
+    index_message,
+    insert_events,
+    integrity_error,
+    message_row,
+    message_values,
+    read_threads,
+    session_row,
+)
+from .sqlite_service import ServiceOps
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "decode_packets", "encode_packets"]
 
 T = TypeVar("T")
 
-Synchronous = Literal["FULL", "NORMAL"]
+Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
 # -- schema ------------------------------------------------------------------------------
 
@@ -129,6 +147,102 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             packets BLOB NOT NULL,
             PRIMARY KEY (message_id, seq)
         ) WITHOUT ROWID""",
+    ),
+    # 2: the messaging service (spec section 13).
+    (
+        "ALTER TABLE accounts ADD COLUMN display_name TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE accounts ADD COLUMN avatar TEXT",
+        "ALTER TABLE sessions ADD COLUMN id TEXT",
+        "ALTER TABLE sessions ADD COLUMN device TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE sessions ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE sessions ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0",
+        "UPDATE sessions SET id = substr(token_hash, 1, 32)",
+        "CREATE UNIQUE INDEX sessions_by_id ON sessions(id)",
+        "ALTER TABLE threads ADD COLUMN kind TEXT NOT NULL DEFAULT 'group'",
+        "ALTER TABLE threads ADD COLUMN controlled INTEGER NOT NULL DEFAULT 0",
+        # A direct thread's two accounts, "a b" sorted: at most one such thread a pair.
+        "ALTER TABLE threads ADD COLUMN pair TEXT",
+        "CREATE UNIQUE INDEX threads_by_pair ON threads(pair) WHERE pair IS NOT NULL",
+        "ALTER TABLE participants ADD COLUMN role TEXT NOT NULL DEFAULT 'member'",
+        "ALTER TABLE participants ADD COLUMN muted INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE participants ADD COLUMN joined INTEGER NOT NULL DEFAULT 0",
+        """UPDATE participants SET role = 'admin' WHERE account_id =
+            (SELECT created_by FROM threads WHERE threads.id = participants.thread_id)""",
+        """UPDATE participants SET joined =
+            (SELECT created FROM threads WHERE threads.id = participants.thread_id)""",
+        "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'audio'",
+        "ALTER TABLE messages ADD COLUMN body TEXT",
+        "ALTER TABLE messages ADD COLUMN directed_to TEXT",
+        "ALTER TABLE messages ADD COLUMN recalled INTEGER",
+        "ALTER TABLE messages ADD COLUMN forwarded_from TEXT",
+        "ALTER TABLE messages ADD COLUMN media_id TEXT",
+        "CREATE INDEX messages_by_media ON messages(media_id) WHERE media_id IS NOT NULL",
+        """CREATE TABLE contacts (
+            owner TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            contact TEXT NOT NULL,
+            blocked INTEGER NOT NULL DEFAULT 0,
+            created INTEGER NOT NULL,
+            PRIMARY KEY (owner, contact)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE reactions (
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            account_id TEXT NOT NULL,
+            emoji TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            PRIMARY KEY (message_id, account_id, emoji)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE receipts (
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('delivered', 'heard', 'read')),
+            created INTEGER NOT NULL,
+            PRIMARY KEY (message_id, account_id, kind)
+        ) WITHOUT ROWID""",
+        # The timeline: AUTOINCREMENT so that a position is never reused after a trim.
+        """CREATE TABLE events (
+            pos INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            thread_id TEXT,
+            message_id TEXT,
+            data TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            dedupe TEXT
+        )""",
+        "CREATE INDEX events_by_account ON events(account_id, pos)",
+        "CREATE INDEX events_by_created ON events(created)",
+        """CREATE UNIQUE INDEX events_dedupe ON events(account_id, dedupe)
+            WHERE dedupe IS NOT NULL""",
+        """CREATE TABLE timeline_trimmed (
+            account_id TEXT PRIMARY KEY,
+            pos INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE media (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            thumbnail BLOB NOT NULL,
+            thumbnail_type TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE push_subscriptions (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            session_id TEXT NOT NULL,
+            endpoint TEXT NOT NULL UNIQUE,
+            p256dh TEXT NOT NULL,
+            auth TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        "CREATE INDEX push_by_account ON push_subscriptions(account_id)",
+        # Full-text search over text messages and thread titles (VXS-13.8-1).
+        """CREATE VIRTUAL TABLE search_index USING fts5(
+            body, kind UNINDEXED, thread_id UNINDEXED, message_id UNINDEXED,
+            created UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
+        )""",
     ),
 )
 
@@ -196,39 +310,6 @@ def decode_packets(blob: bytes) -> tuple[bytes, ...]:
     return tuple(packets)
 
 
-# -- rows to records ---------------------------------------------------------------------
-
-_ACCOUNT_COLUMNS = "id, username, password_hash, created"
-_MESSAGE_COLUMNS = "id, thread_id, sender, codec, created, state, chunks, duration"
-
-
-def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], username=row[1], password_hash=row[2], created=row[3])
-
-
-def _message(row: tuple[Any, ...]) -> MessageRecord:
-    return MessageRecord(
-        id=row[0],
-        thread_id=row[1],
-        sender=row[2],
-        codec=row[3],
-        created=row[4],
-        state=cast(MessageState, row[5]),
-        chunks=row[6],
-        duration=row[7],
-    )
-
-
-def _integrity_error(exc: sqlite3.IntegrityError, what: str) -> Exception:
-    """Map a constraint failure to the Store's errors; anything else stays as it is."""
-    name = exc.sqlite_errorname
-    if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
-        return AlreadyExists(f"{what}: {exc}")
-    if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
-        return NotFound(f"{what}: the row it refers to does not exist")
-    return exc
-
-
 # -- the writer's requests ---------------------------------------------------------------
 
 
@@ -270,7 +351,7 @@ def _set_done(batch: list[_WriteRequest[Any]]) -> None:
 _STOP = None  # the queue's sentinel: finish what is queued, then exit
 
 
-class SQLiteStore:
+class SQLiteStore(ServiceOps):
     """The ``Store`` on one SQLite file. Use as ``async with SQLiteStore(path) as store:``.
 
     Options:
@@ -301,8 +382,8 @@ class SQLiteStore:
         batch_window: float = 0.002,
         read_threads: int = 4,
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        if synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ValueError(f"synchronous must be 'FULL', 'NORMAL' or 'OFF', not {synchronous!r}")
         if batch_max < 1 or read_threads < 1:
             raise ValueError("batch_max and read_threads must be at least 1")
         self.path = os.fspath(path)
@@ -580,29 +661,36 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?)",
-                    (account.id, account.username, account.password_hash, account.created),
+                    f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        account.id,
+                        account.username,
+                        account.password_hash,
+                        account.created,
+                        account.display_name,
+                        account.avatar,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
-                raise _integrity_error(exc, f"account {account.id!r}") from exc
+                raise integrity_error(exc, f"account {account.id!r}") from exc
 
         await self._write(op)
 
     async def get_account(self, account_id: str) -> Account | None:
         def op(conn: sqlite3.Connection) -> Account | None:
             row = conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
             ).fetchone()
-            return None if row is None else _account(row)
+            return None if row is None else account_row(row)
 
         return await self._read(op)
 
     async def get_account_by_username(self, username: str) -> Account | None:
         def op(conn: sqlite3.Connection) -> Account | None:
             row = conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username,)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username,)
             ).fetchone()
-            return None if row is None else _account(row)
+            return None if row is None else account_row(row)
 
         return await self._read(op)
 
@@ -610,25 +698,29 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO sessions (token_hash, account_id, created, expires)"
-                    " VALUES (?, ?, ?, ?)",
-                    (session.token_hash, session.account_id, session.created, session.expires),
+                    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        session.token_hash,
+                        session.account_id,
+                        session.created,
+                        session.expires,
+                        session.id or session.token_hash[:32],
+                        session.device,
+                        session.acked,
+                        session.last_seen,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
-                raise _integrity_error(exc, "session") from exc
+                raise integrity_error(exc, "session") from exc
 
         await self._write(op)
 
     async def get_session(self, token_hash: str) -> Session | None:
         def op(conn: sqlite3.Connection) -> Session | None:
             row = conn.execute(
-                "SELECT token_hash, account_id, created, expires FROM sessions"
-                " WHERE token_hash = ?",
-                (token_hash,),
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?", (token_hash,)
             ).fetchone()
-            if row is None:
-                return None
-            return Session(token_hash=row[0], account_id=row[1], created=row[2], expires=row[3])
+            return None if row is None else session_row(row)
 
         return await self._read(op)
 
@@ -640,135 +732,136 @@ class SQLiteStore:
 
     # -- threads -------------------------------------------------------------------------
 
-    async def create_thread(self, thread: Thread) -> None:
-        participants = sorted(thread.participants)
+    async def create_thread(self, thread: Thread, events: Sequence[NewEvent] = ()) -> None:
+        members = [thread.member(a) for a in sorted(thread.participants)]
+        pair = " ".join(sorted(thread.participants)) if thread.kind == "direct" else None
 
         def op(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO threads (id, title, created_by, created) VALUES (?, ?, ?, ?)",
-                    (thread.id, thread.title, thread.created_by, thread.created),
+                    f"INSERT INTO threads ({THREAD_COLUMNS}, pair) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        thread.id,
+                        thread.title,
+                        thread.created_by,
+                        thread.created,
+                        thread.kind,
+                        int(thread.controlled),
+                        pair,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
-                raise _integrity_error(exc, f"thread {thread.id!r}") from exc
+                raise integrity_error(exc, f"thread {thread.id!r}") from exc
             conn.executemany(
-                "INSERT OR IGNORE INTO participants (thread_id, account_id) VALUES (?, ?)",
-                [(thread.id, account_id) for account_id in participants],
+                "INSERT OR IGNORE INTO participants (thread_id, account_id, role, muted, joined)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (thread.id, m.account_id, m.role, int(m.muted), m.joined or thread.created)
+                    for m in members
+                    if m is not None
+                ],
             )
+            conn.execute(
+                "INSERT INTO search_index (body, kind, thread_id, message_id, created)"
+                " VALUES (?, 'thread', ?, NULL, ?)",
+                (thread.title, thread.id, thread.created),
+            )
+            insert_events(conn, events)
 
         await self._write(op)
 
     async def get_thread(self, thread_id: str) -> Thread | None:
-        def op(conn: sqlite3.Connection) -> Thread | None:
-            row = conn.execute(
-                "SELECT id, title, created_by, created FROM threads WHERE id = ?", (thread_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            members = conn.execute(
-                "SELECT account_id FROM participants WHERE thread_id = ?", (thread_id,)
-            ).fetchall()
-            return Thread(
-                id=row[0],
-                title=row[1],
-                created_by=row[2],
-                created=row[3],
-                participants=frozenset(m[0] for m in members),
-            )
-
-        return await self._read(op)
+        return await self._read(lambda conn: get_thread(conn, thread_id))
 
     async def list_threads(self, account_id: str) -> list[Thread]:
         def op(conn: sqlite3.Connection) -> list[Thread]:
             rows = conn.execute(
-                "SELECT t.id, t.title, t.created_by, t.created"
+                "SELECT t.id, t.title, t.created_by, t.created, t.kind, t.controlled"
                 " FROM participants AS p JOIN threads AS t ON t.id = p.thread_id"
                 " WHERE p.account_id = ?"
                 " ORDER BY t.created DESC, t.id DESC",
                 (account_id,),
             ).fetchall()
-            members: dict[str, set[str]] = {row[0]: set() for row in rows}
-            for thread_id, member in conn.execute(
-                "SELECT p.thread_id, p.account_id FROM participants AS p"
-                " WHERE p.thread_id IN"
-                " (SELECT thread_id FROM participants WHERE account_id = ?)",
-                (account_id,),
-            ):
-                members[thread_id].add(member)
-            return [
-                Thread(
-                    id=row[0],
-                    title=row[1],
-                    created_by=row[2],
-                    created=row[3],
-                    participants=frozenset(members[row[0]]),
-                )
-                for row in rows
-            ]
+            return read_threads(conn, rows)
 
         return await self._read(op)
 
-    async def add_participants(self, thread_id: str, account_ids: Sequence[str]) -> None:
-        rows = [(thread_id, account_id) for account_id in account_ids]
+    async def add_participants(
+        self,
+        thread_id: str,
+        account_ids: Sequence[str],
+        *,
+        role: Role = "member",
+        joined: int = 0,
+        events: Sequence[NewEvent] = (),
+    ) -> None:
+        rows = [(thread_id, account_id, role, joined) for account_id in account_ids]
 
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM threads WHERE id = ?", (thread_id,)).fetchone() is None:
                 raise NotFound(f"thread {thread_id!r}")
             conn.executemany(
-                "INSERT OR IGNORE INTO participants (thread_id, account_id) VALUES (?, ?)", rows
+                "INSERT OR IGNORE INTO participants (thread_id, account_id, role, joined)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
             )
+            insert_events(conn, events)
 
         await self._write(op)
 
     # -- messages and chunks -------------------------------------------------------------
 
-    async def create_message(self, message: MessageRecord) -> MessageRecord:
+    async def create_message(
+        self, message: MessageRecord, events: Sequence[NewEvent] = ()
+    ) -> MessageRecord:
         def op(conn: sqlite3.Connection) -> MessageRecord:
             try:
-                conn.execute(
-                    f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message.id,
-                        message.thread_id,
-                        message.sender,
-                        message.codec,
-                        message.created,
-                        message.state,
-                        message.chunks,
-                        message.duration,
-                    ),
+                cursor = conn.execute(
+                    f"INSERT OR IGNORE INTO messages ({MESSAGE_COLUMNS})"
+                    f" VALUES ({MESSAGE_PLACEHOLDERS})",
+                    message_values(message),
                 )
             except sqlite3.IntegrityError as exc:
-                raise _integrity_error(exc, f"message {message.id!r}") from exc
-            row = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message.id,)
-            ).fetchone()
-            return _message(row)
+                raise integrity_error(exc, f"message {message.id!r}") from exc
+            if cursor.rowcount:
+                index_message(conn, message)
+                insert_events(conn, events)
+            stored = get_message(conn, message.id)
+            assert stored is not None
+            return stored
 
         return await self._write(op)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
-        def op(conn: sqlite3.Connection) -> MessageRecord | None:
-            row = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            return None if row is None else _message(row)
+        return await self._read(lambda conn: get_message(conn, message_id))
 
-        return await self._read(op)
-
-    async def list_messages(self, thread_id: str, limit: int = 100) -> list[MessageRecord]:
+    async def list_messages(
+        self,
+        thread_id: str,
+        limit: int = 100,
+        *,
+        before: str | None = None,
+        viewer: str | None = None,
+    ) -> list[MessageRecord]:
         if limit <= 0:
             await trio.lowlevel.checkpoint()
             return []
 
         def op(conn: sqlite3.Connection) -> list[MessageRecord]:
+            where = "thread_id = ?1"
+            if viewer is not None:
+                where += " AND (directed_to IS NULL OR directed_to = ?2 OR sender = ?2)"
+            if before is not None:
+                where += (
+                    " AND (created, id) < (SELECT created, id FROM messages"
+                    " WHERE id = ?3 AND thread_id = ?1)"
+                )
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE thread_id = ?"
-                " ORDER BY created DESC, id DESC LIMIT ?",
-                (thread_id, limit),
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+                " ORDER BY created DESC, id DESC LIMIT ?4",
+                (thread_id, viewer, before, limit),
             ).fetchall()
-            return [_message(row) for row in reversed(rows)]
+            return [message_row(row) for row in reversed(rows)]
 
         return await self._read(op)
 
@@ -789,7 +882,7 @@ class SQLiteStore:
                     [(message_id, s, t, d, encode_packets(p)) for s, t, d, p in items],
                 )
             except sqlite3.IntegrityError as exc:
-                raise _integrity_error(exc, f"message {message_id!r}") from exc
+                raise integrity_error(exc, f"message {message_id!r}") from exc
             cursor = conn.execute(
                 "UPDATE messages SET chunks = max(chunks, ?), duration = max(duration, ?)"
                 " WHERE id = ?",

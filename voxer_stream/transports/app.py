@@ -19,39 +19,30 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
+from ..media.image import MAX_BYTES as IMAGE_MAX_BYTES
 from ..media.ogg import write_ogg_opus
-from ..service.identity import bearer_token
-from ..store.base import Account, MessageRecord, Thread
+from ..service.identity import Authenticated, bearer_token
+from ..store.base import Account
 from ..wire import ErrorCode, ProtocolError
+from .rest_service import add_service_routes, json_body
 from .streams import Receive, Scope, Send, Services, listen, upload
 from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, monitor_own, whep_listen
 from .websocket import serve_websocket
 
 LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
-#: The largest REST request body (JSON or an SDP offer) the server reads.
-REST_BODY_LIMIT: Final = 1 << 20
+#: The largest REST request body the server reads: an image (JSON and SDP offers are
+#: held to 1 MiB).
+REST_BODY_LIMIT: Final = IMAGE_MAX_BYTES
 
 
 def _error_body(code: ErrorCode, detail: str) -> dict[str, Any]:
     return {"error": {"code": int(code), "name": code.name, "detail": detail}}
 
 
-def _message_json(record: MessageRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "thread": record.thread_id,
-        "sender": record.sender,
-        "codec": record.codec,
-        "created": record.created,
-        "state": record.state,
-        "chunks": record.chunks,
-        "duration": record.duration,
-    }
-
-
 def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
-    # REST bodies are small JSON objects or SDP offers; the live path does not come here.
+    # REST bodies are JSON objects (1 MiB at most, rest_service.json_body), SDP offers
+    # and images; the live path does not come here.
     app.config["MAX_CONTENT_LENGTH"] = REST_BODY_LIMIT
     store = services.hub.store
 
@@ -65,8 +56,9 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
             await request.get_data()
 
     @app.errorhandler(ProtocolError)
-    async def protocol_error(exc: ProtocolError) -> tuple[Any, int]:
-        return jsonify(_error_body(exc.code, exc.detail)), exc.code.http_status
+    async def protocol_error(exc: ProtocolError) -> Any:
+        headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return jsonify(_error_body(exc.code, exc.detail)), exc.code.http_status, headers
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[Any, int]:
@@ -76,42 +68,19 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
         code = ErrorCode.NOT_FOUND if status in (404, 405) else ErrorCode.INVALID_REQUEST
         return jsonify(_error_body(code, exc.description or "")), code.http_status
 
-    async def body() -> dict[str, Any]:
-        data = await request.get_json(force=True, silent=True)
-        if not isinstance(data, dict):
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-        return data
-
     def text(data: dict[str, Any], key: str) -> str:
         value = data.get(key)
         if not isinstance(value, str):
             raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key!r} must be a string")
         return value
 
-    def names(data: dict[str, Any], key: str) -> list[str]:
-        value = data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key!r} must be a list of strings")
-        return value
-
-    async def current() -> Account:
-        return await services.identity.authenticate(
+    async def authed() -> Authenticated:
+        return await services.identity.authenticate_session(
             bearer_token(request.headers.get("Authorization"))
         )
 
-    async def thread_json(thread: Thread) -> dict[str, Any]:
-        people = []
-        for account_id in sorted(thread.participants):
-            account = await store.get_account(account_id)
-            if account is not None:
-                people.append({"id": account.id, "username": account.username})
-        return {
-            "id": thread.id,
-            "title": thread.title,
-            "created_by": thread.created_by,
-            "created": thread.created,
-            "participants": people,
-        }
+    async def current() -> Account:
+        return (await authed()).account
 
     @app.get("/v1/health")
     async def health() -> Any:
@@ -119,79 +88,9 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
 
     @app.post("/v1/accounts")
     async def register() -> Any:
-        data = await body()
+        data = await json_body()
         account = await services.identity.register(text(data, "username"), text(data, "password"))
         return {"id": account.id, "username": account.username}, 201
-
-    @app.post("/v1/sessions")
-    async def login() -> Any:
-        data = await body()
-        issued = await services.identity.login(text(data, "username"), text(data, "password"))
-        return {
-            "token": issued.token,
-            "account_id": issued.account.id,
-            "expires": issued.expires,
-        }, 201
-
-    @app.delete("/v1/sessions/current")
-    async def logout() -> Any:
-        await current()
-        token = bearer_token(request.headers.get("Authorization"))
-        assert token is not None
-        await services.identity.logout(token)
-        return "", 204
-
-    @app.get("/v1/accounts/me")
-    async def me() -> Any:
-        account = await current()
-        return {"id": account.id, "username": account.username}
-
-    @app.post("/v1/threads")
-    async def create_thread() -> Any:
-        account = await current()
-        data = await body()
-        thread_id = data.get("id")
-        if thread_id is not None and not isinstance(thread_id, str):
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, "'id' must be a string")
-        thread = await services.threads.create(
-            account,
-            title=str(data.get("title", "")),
-            participants=names(data, "participants"),
-            thread_id=thread_id,
-        )
-        return await thread_json(thread), 201
-
-    @app.get("/v1/threads")
-    async def list_threads() -> Any:
-        account = await current()
-        threads = await store.list_threads(account.id)
-        return {"threads": [await thread_json(t) for t in threads]}
-
-    @app.get("/v1/threads/<thread_id>")
-    async def get_thread(thread_id: str) -> Any:
-        account = await current()
-        return await thread_json(await services.threads.visible(account, thread_id))
-
-    @app.post("/v1/threads/<thread_id>/participants")
-    async def add_participants(thread_id: str) -> Any:
-        account = await current()
-        data = await body()
-        thread = await services.threads.add_participants(
-            account, thread_id, names(data, "usernames")
-        )
-        return await thread_json(thread)
-
-    @app.get("/v1/threads/<thread_id>/messages")
-    async def list_messages(thread_id: str) -> Any:
-        account = await current()
-        await services.threads.visible(account, thread_id)
-        records = await store.list_messages(thread_id)
-        return {"messages": [_message_json(r) for r in records]}
-
-    @app.get("/v1/messages/<message_id>")
-    async def get_message(message_id: str) -> Any:
-        account = await current()
-        return _message_json(await services.threads.message(account, message_id))
 
     @app.get("/v1/messages/<message_id>/audio.opus")
     async def export(message_id: str) -> Any:
@@ -214,6 +113,7 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
             headers={"Content-Disposition": f'attachment; filename="{record.id}.opus"'},
         )
 
+    add_service_routes(app, services, authed)
     if rtc is not None:
         add_webrtc_routes(app, rtc, current)
     add_web_routes(app)

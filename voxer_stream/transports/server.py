@@ -10,8 +10,11 @@ with port 0) and stops cleanly when cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,10 +24,14 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ..pipeline import Hub
-from ..service.identity import Identity
+from ..service.contacts import Contacts
+from ..service.identity import Identity, now_ms
+from ..service.messages import Messages
+from ..service.notify import PushDispatch
 from ..service.threads import Threads
+from ..service.timeline import Timeline
+from ..service.webpush import PushSender, Vapid
 from ..store import Store, open_store
-from ..store.memory import MemoryStore
 from ..wire import MAX_FRAME_SIZE
 from . import hypercorn_fix
 from .accept import Acceptor
@@ -49,10 +56,17 @@ class ServerConfig:
     abandon_after: float = 300.0
     #: "FULL" survives power loss; "NORMAL" survives a killed process only.
     synchronous: str = "FULL"
-    #: "sqlite" (durable, the default) or "memory" (nothing survives the process:
-    #: for measuring what storage costs, never for data anyone wants to keep).
+    #: "sqlite" (durable, the default) or "memory" (SQLite on a RAM file without fsync;
+    #: nothing survives the process: for measuring what the disk costs, never for data
+    #: anyone wants to keep).
     storage: str = "sqlite"
     max_streams: int = 2000
+    #: Timeline events older than this are trimmed (VXS-13.5-4); 0 keeps them all.
+    timeline_retention_days: float = 90.0
+    #: The contact the server's Web Push requests name (VAPID ``sub``, RFC 8292).
+    push_subject: str = "mailto:admin@localhost"
+    #: Accept push endpoints over http on loopback (tests, local development).
+    allow_local_push: bool = False
     #: A WHIP session quiet for this long closes its message (VXS-12-4).
     rtc_idle_timeout: float = 5.0
     #: A WebRTC peer not connected this long after the answer is given up (VXS-12-10).
@@ -79,6 +93,28 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     return hconfig
 
 
+#: Where ``storage="memory"`` keeps its database: a RAM file system when there is one.
+RAM_DIR: Final = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+#: The server's VAPID key (Web Push, RFC 8292), created in the data directory.
+VAPID_FILENAME: Final = "vapid.pem"
+
+
+async def trim_timelines(store: Store, days: float) -> None:
+    """Drop timeline events older than ``days``, hourly; a device whose since-token is
+    older gets ``limited`` and re-reads its state (VXS-13.5-4)."""
+    if not math.isfinite(days) or days <= 0:
+        return
+    while True:
+        try:
+            removed = await store.trim_events(now_ms() - int(days * 86_400_000))
+            if removed:
+                log.info("trimmed %d timeline events older than %g days", removed, days)
+        except Exception:
+            log.exception("could not trim the timelines")
+        await trio.sleep(3600)
+
+
 #: How long streams get to say SHUTTING_DOWN before the server stops for good.
 SHUTDOWN_GRACE: Final = 2.0
 
@@ -93,17 +129,50 @@ async def run_server(
     last acks and every stream a SHUTTING_DOWN error (VXS-5.6-3) before the server stops."""
     hypercorn_fix.install()
     os.makedirs(config.data_dir, exist_ok=True)
-    if config.storage == "memory":
-        log.warning("storage in memory: acknowledged chunks do NOT survive this process")
-        opened: Store = MemoryStore()
-    elif config.storage == "sqlite":
-        opened = open_store(config.data_dir, synchronous=config.synchronous)
-    else:
-        raise ValueError(f"unknown storage {config.storage!r}")
+    with contextlib.ExitStack() as scratch:
+        if config.storage == "memory":
+            # The same engine on a file in RAM (tmpfs) without fsync: what the disk
+            # and its syncs cost, measured side by side with "sqlite".
+            log.warning("storage in memory: acknowledged chunks do NOT survive this process")
+            where = scratch.enter_context(tempfile.TemporaryDirectory(dir=RAM_DIR))
+            opened = open_store(where, synchronous="OFF")
+        elif config.storage == "sqlite":
+            opened = open_store(config.data_dir, synchronous=config.synchronous)
+        else:
+            raise ValueError(f"unknown storage {config.storage!r}")
+        await _serve(config, opened, shutdown, task_status)
+
+
+async def _serve(
+    config: ServerConfig,
+    opened: Store,
+    shutdown: trio.Event | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     async with opened as store, trio.open_nursery() as nursery:
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
         nursery.start_soon(hub.run_abandon_watchdog)
-        services = Services(hub=hub, identity=Identity(store), threads=Threads(store))
+        timeline = Timeline(store)
+        threads = Threads(store, timeline)
+        messages = Messages(store, threads, timeline)
+        hub.activity = messages.audio_activity
+        nursery.start_soon(messages.run)
+        vapid = Vapid.load_or_create(Path(config.data_dir) / VAPID_FILENAME)
+        pusher = PushSender(vapid, subject=config.push_subject)
+        push = PushDispatch(store, timeline, pusher)
+        messages.notify = push
+        nursery.start_soon(push.run)
+        nursery.start_soon(trim_timelines, store, config.timeline_retention_days)
+        services = Services(
+            hub=hub,
+            identity=Identity(store),
+            threads=threads,
+            timeline=timeline,
+            messages=messages,
+            contacts=Contacts(store),
+            vapid_public_key=vapid.public_key,
+            allow_local_push=config.allow_local_push,
+        )
         rtc = RtcGateway(
             services,
             host=config.host,

@@ -16,13 +16,16 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
 from ..pipeline import Hub, ListenSession, UploadSession
+from ..service.contacts import Contacts
 from ..service.identity import Identity, bearer_token
+from ..service.messages import Messages
 from ..service.threads import Threads
+from ..service.timeline import Timeline
 from ..store.base import Account, MessageRecord
 from ..wire import Error, ErrorCode, Listen, ProtocolError, encode_frame
 from .h2server import Http2Stream
@@ -41,6 +44,29 @@ class Services:
     hub: Hub
     identity: Identity
     threads: Threads
+    timeline: Timeline
+    messages: Messages
+    contacts: Contacts
+    #: The VAPID key a page passes to ``pushManager.subscribe`` (VXS-13.7-1).
+    vapid_public_key: str = ""
+    #: Push endpoints over plain http on loopback: for tests and local development.
+    allow_local_push: bool = False
+
+    def push_endpoint_allowed(self, endpoint: str) -> bool:
+        """https only (a push service is a public HTTPS endpoint, RFC 8030), or http
+        on 127.0.0.1 when ``allow_local_push``."""
+        parts = urlsplit(endpoint)
+        if parts.scheme == "https":
+            return True
+        return (
+            self.allow_local_push
+            and parts.scheme == "http"
+            and parts.hostname
+            in (
+                "127.0.0.1",
+                "localhost",
+            )
+        )
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -26,6 +26,7 @@ class ErrorCode(IntEnum):
     FORBIDDEN = 201
     INVALID_CREDENTIALS = 202
     USERNAME_TAKEN = 203
+    RATE_LIMITED = 204
     # 3xx: what is asked for
     THREAD_NOT_FOUND = 300
     MESSAGE_NOT_FOUND = 301
@@ -41,6 +42,7 @@ class ErrorCode(IntEnum):
     CLOSE_MISMATCH = 407
     SUPERSEDED = 408
     INVALID_LISTEN = 409
+    MESSAGE_LIVE = 410
     # 5xx: the server's own condition
     INTERNAL_ERROR = 500
     SHUTTING_DOWN = 501
@@ -66,6 +68,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_CREDENTIALS: 401,
     ErrorCode.USERNAME_TAKEN: 409,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.THREAD_NOT_FOUND: 404,
     ErrorCode.MESSAGE_NOT_FOUND: 404,
     ErrorCode.NOT_FOUND: 404,
@@ -79,6 +82,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CLOSE_MISMATCH: 409,
     ErrorCode.SUPERSEDED: 409,
     ErrorCode.INVALID_LISTEN: 400,
+    ErrorCode.MESSAGE_LIVE: 409,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.IDLE_TIMEOUT: 408,
@@ -92,11 +96,12 @@ _DESCRIPTION: dict[ErrorCode, str] = {
     ErrorCode.UNEXPECTED_FRAME: "a valid frame that is not allowed in this state or direction",
     ErrorCode.INVALID_REQUEST: "a REST request body or parameter is invalid",
     ErrorCode.UNAUTHENTICATED: "no bearer token, or a token that is unknown or expired",
-    ErrorCode.FORBIDDEN: "the account is not a participant of the thread",
+    ErrorCode.FORBIDDEN: "the account sees the thread but may not do this in it",
     ErrorCode.INVALID_CREDENTIALS: "wrong username or password",
     ErrorCode.USERNAME_TAKEN: "an account with that username exists",
-    ErrorCode.THREAD_NOT_FOUND: "no thread with that id",
-    ErrorCode.MESSAGE_NOT_FOUND: "no message with that id",
+    ErrorCode.RATE_LIMITED: "too many failed attempts; retry after the time given",
+    ErrorCode.THREAD_NOT_FOUND: "no thread with that id that the account can see",
+    ErrorCode.MESSAGE_NOT_FOUND: "no message with that id that the account can see",
     ErrorCode.NOT_FOUND: "no such resource or path",
     ErrorCode.SEQUENCE_GAP: "a chunk's seq skips over a chunk not yet received",
     ErrorCode.CHUNK_CONFLICT: "a chunk re-sent with a seq already stored but other content",
@@ -108,6 +113,7 @@ _DESCRIPTION: dict[ErrorCode, str] = {
     ErrorCode.CLOSE_MISMATCH: "close names a chunk count other than the chunks received",
     ErrorCode.SUPERSEDED: "another upload connection took over this message",
     ErrorCode.INVALID_LISTEN: "the listen request's parameters are invalid",
+    ErrorCode.MESSAGE_LIVE: "the operation needs a closed message; this one is live",
     ErrorCode.INTERNAL_ERROR: "the server failed; the request may be retried",
     ErrorCode.SHUTTING_DOWN: "the server is shutting down; reconnect and resume",
     ErrorCode.TOO_MANY_SESSIONS: "the account has as many sessions of this kind as allowed",
@@ -127,6 +133,8 @@ class ProtocolError(Exception):
     detail: str = ""
     requirement: str | None = None
     seq: int | None = None
+    #: Seconds, for RATE_LIMITED: REST answers carry it as ``Retry-After``.
+    retry_after: int | None = None
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.code.name} ({int(self.code)}): {self.detail}")

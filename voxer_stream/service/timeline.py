@@ -1,0 +1,195 @@
+"""Each account's timeline: the ordered events that keep every device in sync (13.5).
+
+Every change an account must see is appended to its timeline in the same commit as
+the change itself (the store takes the events with the write), so a device that
+has read up to position P has seen every change up to P: there is no window in
+which a change is visible over REST but missing from the timeline.
+
+Sync is Matrix's model made smaller: a since-token (a position) gives the next page
+of at most ``limit`` events and the token to ask with next; ``more`` says another
+page is ready; ``limited`` says events were trimmed between the token and the
+first event returned, so the device must re-read its state (threads, messages)
+over REST instead of trusting its cache. With nothing new, sync long-polls: the
+request waits (at most ``timeout``) for the next append to the account's timeline.
+
+Presence is kept here too, per process: an account is online while one of its
+devices holds a sync request or a sync stream open.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from ..store.base import Event, NewEvent, Store
+from ..wire import ErrorCode, ProtocolError
+from .identity import now_ms
+from .views import dumps
+
+#: The largest page a sync returns (VXS-13.5-2).
+PAGE_MAX: Final = 1000
+PAGE_DEFAULT: Final = 100
+#: The longest a sync long-polls (ms).
+TIMEOUT_MAX: Final = 60_000
+
+
+def parse_token(token: str | None) -> int | None:
+    """A since-token as a position; tokens are opaque to clients but are decimal
+    positions to this server."""
+    if token is None or token == "":
+        return None
+    if not token.isdigit() or len(token) > 18:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"bad since token {token!r}", "VXS-13.5-3")
+    return int(token)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncPage:
+    events: list[Event]
+    next: int
+    more: bool
+    limited: bool
+
+
+class Timeline:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._waiters: dict[str, trio.Event] = {}
+        self._online: Counter[str] = Counter()
+        self._sessions: Counter[str] = Counter()
+
+    # -- writing -------------------------------------------------------------------
+
+    @staticmethod
+    def fan_out(
+        recipients: Iterable[str],
+        type: str,
+        *,
+        thread: str | None = None,
+        message: str | None = None,
+        data: Any = None,
+        dedupe: str | None = None,
+    ) -> list[NewEvent]:
+        """One event per recipient, all with the same content."""
+        text = dumps(data if data is not None else {})
+        created = now_ms()
+        return [
+            NewEvent(
+                account_id=r,
+                type=type,
+                thread_id=thread,
+                message_id=message,
+                data=text,
+                created=created,
+                dedupe=dedupe,
+            )
+            for r in sorted(set(recipients))
+        ]
+
+    def notify(self, events: Sequence[NewEvent]) -> None:
+        """Wake the long-polls and streams of the accounts these events went to; call
+        it after the write that appended them has returned."""
+        for account_id in {e.account_id for e in events}:
+            waiter = self._waiters.pop(account_id, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        await self.store.add_events(events)
+        self.notify(events)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _waiter(self, account_id: str) -> trio.Event:
+        waiter = self._waiters.get(account_id)
+        if waiter is None:
+            waiter = self._waiters[account_id] = trio.Event()
+        return waiter
+
+    async def page(self, account_id: str, since: int | None, limit: int) -> SyncPage:
+        if not 1 <= limit <= PAGE_MAX:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST, f"limit must be 1 to {PAGE_MAX}", "VXS-13.5-2"
+            )
+        bounds = await self.store.timeline_bounds(account_id)
+        after = since or 0
+        if after > bounds.latest:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST,
+                "the since token is not one this server gave",
+                "VXS-13.5-3",
+            )
+        limited = after < bounds.trimmed
+        after = max(after, bounds.trimmed)
+        events = await self.store.read_events(account_id, after, limit + 1)
+        more = len(events) > limit
+        del events[limit:]
+        return SyncPage(
+            events=events,
+            next=events[-1].pos if events else after,
+            more=more,
+            limited=limited,
+        )
+
+    async def wait_page(
+        self, account_id: str, since: int | None, limit: int, timeout_ms: int
+    ) -> SyncPage:
+        """A page; if it is empty, wait up to ``timeout_ms`` for events to arrive."""
+        if not 0 <= timeout_ms <= TIMEOUT_MAX:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST, f"timeout must be 0 to {TIMEOUT_MAX} ms", "VXS-13.5-5"
+            )
+        deadline = trio.current_time() + timeout_ms / 1000
+        while True:
+            waiter = self._waiter(account_id)  # before reading: no append slips between
+            page = await self.page(account_id, since, limit)
+            if page.events or page.limited or trio.current_time() >= deadline:
+                return page
+            with trio.move_on_at(deadline):
+                await waiter.wait()
+            since = page.next
+
+    async def stream(self, account_id: str, since: int | None, *, keepalive: float = 15.0) -> Any:
+        """Pages for a sync stream: each non-empty page as it becomes available, and
+        an empty page every ``keepalive`` seconds of silence."""
+        while True:
+            waiter = self._waiter(account_id)
+            page = await self.page(account_id, since, PAGE_DEFAULT)
+            since = page.next
+            if page.events or page.limited:
+                yield page
+                if page.more:
+                    continue
+            with trio.move_on_after(keepalive if math.isfinite(keepalive) else 1e9) as scope:
+                await waiter.wait()
+            if scope.cancelled_caught:
+                yield page
+
+    # -- presence ------------------------------------------------------------------
+
+    @contextmanager
+    def connected(self, account_id: str, session_id: str) -> Iterator[None]:
+        """While open, the account and its session (device) are online: a sync
+        request or stream is held (VXS-13.6-1)."""
+        self._online[account_id] += 1
+        self._sessions[session_id] += 1
+        try:
+            yield
+        finally:
+            for counter, key in ((self._online, account_id), (self._sessions, session_id)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
+
+    def online(self, account_ids: Iterable[str]) -> list[str]:
+        return sorted(a for a in account_ids if self._online.get(a, 0) > 0)
+
+    def session_online(self, session_id: str) -> bool:
+        """Whether that device holds a sync open now: it then needs no push."""
+        return self._sessions.get(session_id, 0) > 0
