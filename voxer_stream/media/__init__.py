@@ -1,6 +1,8 @@
-"""Media at the edges of voxer-stream: Opus packet rules, encoding, Ogg/Opus files.
+"""Media at the edges of voxer-stream: Opus packet rules, encoding, Ogg/Opus files,
+and the images of image messages (`image`: checks and thumbnails, with Pillow).
 
-Layering: this package imports only the standard library and PyAV (`av`). The wire
+Layering: this package imports only the standard library, PyAV (`av`) and Pillow
+(`image` only, imported by whoever needs it, not from here). The wire
 and store layers rely on `opus.parse_packet` for the live-path validity check, and
 on the Ogg writer to export stored messages.
 

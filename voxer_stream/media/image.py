@@ -338,20 +338,21 @@ def _gif_size(data: bytes) -> tuple[int, int] | None:
     try:
         width, height, flags = struct.unpack_from("<HHB", data, 6)
         pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # global colour table
-        budget = _MAX_STRUCTURES  # extensions and their sub-blocks
-        while budget > 0:
+        in_extension = False  # inside an extension: walking its length-prefixed sub-blocks
+        for _ in range(_MAX_STRUCTURES):
+            if in_extension:
+                length = data[pos]
+                pos += 1 + length
+                in_extension = length != 0  # a zero length ends the extension
+                continue
             introducer = data[pos]
             if introducer == 0x2C:  # image descriptor
                 left, top, frame_w, frame_h = struct.unpack_from("<HHHH", data, pos + 1)
                 return max(width, left + frame_w), max(height, top + frame_h)
             if introducer != 0x21:  # trailer before any image, or junk
                 return None
-            pos += 2  # introducer and extension label, then length-prefixed sub-blocks
-            while (length := data[pos]) != 0:
-                pos += 1 + length
-                budget -= 1
-            pos += 1
-            budget -= 1
+            pos += 2  # introducer and extension label
+            in_extension = True
     except (IndexError, struct.error):
         return None
     raise ImageError(f"GIF image has more than {_MAX_STRUCTURES} blocks before its first frame")

@@ -59,7 +59,7 @@ class Session:
     #: derives it from ``token_hash`` when it is empty.
     id: str = ""
     device: str = ""
-    #: The last timeline position this device acknowledged (VXS-13-5-6).
+    #: The last timeline position this device acknowledged (VXS-13.5-6).
     acked: int = 0
     last_seen: int = 0  # ms
 

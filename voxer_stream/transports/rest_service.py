@@ -31,6 +31,8 @@ from .streams import Services
 #: The largest JSON body; images may be larger (``IMAGE_MAX_BYTES``).
 JSON_BODY_LIMIT: Final = 1 << 20
 SEARCH_MAX: Final = 100
+#: Images decoded at once (each up to 40 megapixels, about 160 MB of bitmap).
+IMAGE_WORKERS: Final = 2
 #: A sync stream's comment line after this much silence keeps proxies from closing it.
 STREAM_KEEPALIVE: Final = 15.0
 _TERM = re.compile(r"\w+", re.UNICODE)
@@ -82,6 +84,7 @@ def fts_query(text: str) -> str:
 
 def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None:
     store = services.hub.store
+    image_limiter = trio.CapacityLimiter(IMAGE_WORKERS)
     threads = services.threads
     messages = services.messages
     timeline = services.timeline
@@ -384,8 +387,11 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
         if len(data) > IMAGE_MAX_BYTES:
             raise invalid(f"an image is at most {IMAGE_MAX_BYTES} bytes", "VXS-13.3-6")
         try:
-            info = await trio.to_thread.run_sync(probe, data)
-            thumb, thumb_info = await trio.to_thread.run_sync(thumbnail, data)
+            # At most IMAGE_WORKERS at once: each may hold a 40-megapixel bitmap.
+            info = await trio.to_thread.run_sync(probe, data, limiter=image_limiter)
+            thumb, thumb_info = await trio.to_thread.run_sync(
+                thumbnail, data, limiter=image_limiter
+            )
         except ImageError as exc:
             raise invalid(str(exc), "VXS-13.3-6") from None
         media = Media(
