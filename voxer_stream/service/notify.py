@@ -62,6 +62,9 @@ class _Job:
     what: str
     record: MessageRecord
     thread: Thread
+    #: The recipients' sessions that held a sync open when the change happened: they
+    #: saw it live and need no push (taken then, not when the worker gets to it).
+    online: frozenset[str] = frozenset()
 
 
 def topic_for(message_id: str) -> str | None:
@@ -202,7 +205,8 @@ class PushDispatch:
         """Queue a push job and return at once; a full queue drops it (and warns)."""
         if not recipients:
             return
-        job = _Job(tuple(sorted(set(recipients))), what, record, thread)
+        people = tuple(sorted(set(recipients)))
+        job = _Job(people, what, record, thread, self.timeline.online_sessions(people))
         try:
             self._send_jobs.send_nowait(job)
         except trio.WouldBlock:
@@ -277,7 +281,7 @@ class PushDispatch:
             subscriptions = await self.store.list_push_subscriptions(recipient)
             targets: list[PushRecord] = []
             for subscription in subscriptions:
-                if self.timeline.session_online(subscription.session_id):
+                if subscription.session_id in job.online:
                     self.skipped_online += 1
                 else:
                     targets.append(subscription)

@@ -63,6 +63,7 @@ class Timeline:
         self._waiters: dict[str, trio.Event] = {}
         self._online: Counter[str] = Counter()
         self._sessions: Counter[str] = Counter()
+        self._by_account: dict[str, set[str]] = {}
 
     # -- writing -------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class Timeline:
         request or stream is held (VXS-13.6-1)."""
         self._online[account_id] += 1
         self._sessions[session_id] += 1
+        self._by_account.setdefault(account_id, set()).add(session_id)
         try:
             yield
         finally:
@@ -186,9 +188,21 @@ class Timeline:
                 counter[key] -= 1
                 if counter[key] <= 0:
                     del counter[key]
+            if session_id not in self._sessions:
+                sessions = self._by_account.get(account_id, set())
+                sessions.discard(session_id)
+                if not sessions:
+                    self._by_account.pop(account_id, None)
 
     def online(self, account_ids: Iterable[str]) -> list[str]:
         return sorted(a for a in account_ids if self._online.get(a, 0) > 0)
+
+    def online_sessions(self, account_ids: Iterable[str]) -> frozenset[str]:
+        """The sessions of these accounts that hold a sync open now."""
+        found: set[str] = set()
+        for account_id in account_ids:
+            found |= self._by_account.get(account_id, set())
+        return frozenset(found)
 
     def session_online(self, session_id: str) -> bool:
         """Whether that device holds a sync open now: it then needs no push."""
