@@ -231,7 +231,23 @@ async def cmd_whoami(args: argparse.Namespace) -> None:
 
 def _thread_line(thread: dict[str, Any]) -> str:
     people = ",".join(p["username"] for p in thread.get("participants", []))
-    return f"{thread['id']}\t{thread.get('title', '')}\t{people}"
+    counts = f"{thread.get('unread', 0)} unread, {thread.get('unheard', 0)} unheard"
+    return f"{thread['id']}\t{thread.get('title', '')}\t{people}\t{counts}"
+
+
+def _message_line(m: dict[str, Any]) -> str:
+    """id, sender, kind, then what it holds: audio's state, chunks and length; a text."""
+    head = f"{m['id']}\t{m['sender']}\t{m.get('kind', 'audio')}"
+    if m.get("recalled"):
+        return f"{head}\t(recalled)"
+    if m.get("kind", "audio") == "audio":
+        return f"{head}\t{m['state']}\t{m['chunks']}\t{m['duration'] / TICKS:.2f}s"
+    if m.get("kind") == "text":
+        return f"{head}\t{m.get('text', '')}"
+    if m.get("kind") == "location":
+        where = m.get("location", {})
+        return f"{head}\t{where.get('lat')},{where.get('lon')}\t{where.get('label', '')}"
+    return f"{head}\t{m.get('image', {}).get('url', '')}"
 
 
 async def cmd_thread_create(args: argparse.Namespace) -> None:
@@ -255,11 +271,34 @@ async def cmd_messages(args: argparse.Namespace) -> None:
 
     async with Rest(server_url(args), token(args)) as rest:
         messages = await rest.messages(args.thread_id)
-    lines = [
-        f"{m['id']}\t{m['sender']}\t{m['state']}\t{m['chunks']}\t{m['duration'] / TICKS:.2f}s"
-        for m in messages
-    ]
-    emit(args, messages, "\n".join(lines))
+    emit(args, messages, "\n".join(_message_line(m) for m in messages))
+
+
+async def cmd_say(args: argparse.Namespace) -> None:
+    from .client import Rest
+
+    async with Rest(server_url(args), token(args)) as rest:
+        message = await rest.post_text(args.thread_id, args.text, id=args.id, to=args.to)
+    emit(args, message, message["id"])
+
+
+async def cmd_sync(args: argparse.Namespace) -> None:
+    """Print the timeline's events, one JSON object a line; ``--follow`` long-polls for
+    more until interrupted, so it can be piped (``voxer-stream sync -f | jq``)."""
+    from .client import Rest
+
+    since = args.since
+    async with Rest(server_url(args), token(args)) as rest:
+        while True:
+            page = await rest.sync(since, limit=1000, wait=25.0 if args.follow else 0.0)
+            for event in page["events"]:
+                print(json.dumps(event, ensure_ascii=False), flush=True)
+            if page["limited"]:
+                print("warning: events were trimmed before this page", file=sys.stderr)
+            since = page["next"]
+            if not page["more"] and not args.follow:
+                break
+    print(f"next: {since}", file=sys.stderr)
 
 
 async def cmd_talk(args: argparse.Namespace) -> None:
@@ -471,6 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
     client("threads", cmd_threads, "list your threads")
     p = client("messages", cmd_messages, "list a thread's messages")
     p.add_argument("thread_id")
+
+    p = client("say", cmd_say, "send a text message")
+    p.add_argument("thread_id")
+    p.add_argument("text")
+    p.add_argument("--id", help="a message id of your choosing (a replay is then harmless)")
+    p.add_argument("--to", metavar="USERNAME", help="direct it to one participant")
+
+    p = client("sync", cmd_sync, "print your timeline's events as JSON lines")
+    p.add_argument("--since", metavar="TOKEN", help="the token a previous sync ended with")
+    p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
 
     p = client("talk", cmd_talk, "send an audio file as a voice message")
     p.add_argument("thread_id")

@@ -52,13 +52,23 @@ class Rest:
         await self._http.aclose()
 
     async def _call(
-        self, method: str, path: str, *, json: Any = None, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        auth: bool = True,
+        params: dict[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> httpx.Response:
         headers = {}
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        extra: dict[str, Any] = {} if read_timeout is None else {"timeout": read_timeout}
         try:
-            response = await self._http.request(method, path, json=json, headers=headers)
+            response = await self._http.request(
+                method, path, json=json, headers=headers, params=params, **extra
+            )
         except httpx.TransportError as exc:
             raise ConnectionLost(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 400:
@@ -115,6 +125,32 @@ class Rest:
 
     async def message(self, message_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", f"/v1/messages/{message_id}")
+        return result
+
+    async def post_text(
+        self, thread_id: str, text: str, *, id: str | None = None, to: str | None = None
+    ) -> dict[str, Any]:
+        """A text message (VXS-13.3-1); with ``id``, replaying it is harmless."""
+        body: dict[str, Any] = {"kind": "text", "text": text}
+        if id is not None:
+            body["id"] = id
+        if to is not None:
+            body["to"] = to
+        path = f"/v1/threads/{thread_id}/messages"
+        result: dict[str, Any] = await self._json("POST", path, json=body)
+        return result
+
+    async def sync(
+        self, since: str | None = None, *, limit: int = 100, wait: float = 0.0
+    ) -> dict[str, Any]:
+        """One page of the account's timeline after ``since`` (VXS-13.5-2); with
+        ``wait`` (seconds, at most 60) the server holds an empty answer that long."""
+        params = {"limit": str(limit), "timeout": str(int(wait * 1000))}
+        if since is not None:
+            params["since"] = since
+        result: dict[str, Any] = await self._json(
+            "GET", "/v1/sync", params=params, read_timeout=wait + 30.0
+        )
         return result
 
     async def export(self, message_id: str) -> bytes:
