@@ -24,7 +24,7 @@ from ..service.identity import Authenticated, now_ms
 from ..service.timeline import PAGE_DEFAULT, parse_token
 from ..service.views import account_view, event_view
 from ..service.webpush import PushSubscription
-from ..store.base import Account, Media, PushRecord, Thread
+from ..store.base import Account, Counts, Media, PushRecord, Thread
 from ..wire import ErrorCode, ProtocolError
 from .streams import Services
 
@@ -92,12 +92,16 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
     async def current() -> Account:
         return (await authed()).account
 
-    async def thread_for(account: Account, thread: Thread) -> dict[str, Any]:
+    async def thread_for(
+        account: Account, thread: Thread, all_counts: dict[str, Counts] | None = None
+    ) -> dict[str, Any]:
         """The thread as ``account`` sees it: its own role and mute, its counts, who is
         online and who is speaking now (VXS-13.2-6)."""
         view = await threads.view(thread)
         member = thread.member(account.id)
-        counts = (await store.thread_counts(account.id)).get(thread.id)
+        if all_counts is None:
+            all_counts = await store.thread_counts(account.id)
+        counts = all_counts.get(thread.id)
         return {
             **view,
             "role": member.role if member else None,
@@ -244,9 +248,9 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
     @app.get("/v1/threads")
     async def list_threads() -> Any:
         account = await current()
-        return {
-            "threads": [await thread_for(account, t) for t in await store.list_threads(account.id)]
-        }
+        counts = await store.thread_counts(account.id)
+        found = await store.list_threads(account.id)
+        return {"threads": [await thread_for(account, t, counts) for t in found]}
 
     @app.get("/v1/threads/<thread_id>")
     async def get_thread(thread_id: str) -> Any:
