@@ -214,6 +214,33 @@ class Context:
             raise TransportFailure(f"cannot create a thread: {reply.status} {reply.body}")
         return str(reply.body["id"])
 
+    async def listen_only_thread(self) -> str:
+        """A new thread of alice's (its admin) to which she added bob with the role
+        ``listen`` (VXS-13.2-1): bob sees the thread but may not post in it (VXS-13.2-4)."""
+        reply = await self.rest(
+            "POST",
+            "/v1/threads",
+            token=self.alice.token,
+            json={"title": "conformance, bob listens", "participants": []},
+        )
+        if reply.status != 201 or not isinstance(reply.body, dict):
+            raise TransportFailure(f"cannot create a thread: {reply.status} {reply.body}")
+        thread = str(reply.body["id"])
+        added = await self.rest(
+            "POST",
+            f"/v1/threads/{thread}/participants",
+            token=self.alice.token,
+            json={"usernames": [self.bob.username], "role": "listen"},
+        )
+        people = added.body.get("participants") if isinstance(added.body, dict) else None
+        roles = {p.get("username"): p.get("role") for p in people or [] if isinstance(p, dict)}
+        if added.status != 200 or roles.get(self.bob.username) != "listen":
+            raise TransportFailure(
+                f"alice, the admin, cannot add bob with the role listen (VXS-13.2-1, "
+                f"VXS-13.2-3): {added.status} {added.body}"
+            )
+        return thread
+
     def msg_id(self) -> str:
         """A fresh message id (96 random bits, VXS-2.1-1)."""
         return f"{self.prefix}-{secrets.token_urlsafe(12)}"

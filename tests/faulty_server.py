@@ -112,8 +112,8 @@ def _ack_before_commit() -> None:
 
 
 def _non_participant_listens() -> None:
-    async def can_listen(self: Threads, account: Any, message: Any) -> None:
-        return None
+    async def can_listen(self: Threads, account: Any, message: Any) -> Any:
+        return await self.store.get_thread(message.thread_id)  # whoever asks
 
     Threads.can_listen = can_listen  # type: ignore[method-assign]
 

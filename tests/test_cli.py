@@ -74,7 +74,7 @@ def test_register_talk_listen_export(cli_server: str, tmp_path: Path) -> None:
     closed = json.loads(talk.stdout)
     assert closed == {"msg": "m1", "chunks": len(packets), "duration": 960 * len(packets)}
     (line,) = bob.run("messages", thread_id).stdout.splitlines()
-    assert line.split("\t")[:3] == ["m1", alice_id, "closed"]
+    assert line.split("\t")[:4] == ["m1", alice_id, "audio", "closed"]
 
     heard = tmp_path / "heard.opus"
     summary = json.loads(bob.run("listen", "m1", "-o", str(heard), "--json").stdout)
@@ -95,8 +95,9 @@ def test_register_talk_listen_export(cli_server: str, tmp_path: Path) -> None:
     carol = Cli(cli_server, tmp_path / "carol.json")
     carol.run("register", "carol", "--password", PASSWORD)
     carol.run("login", "carol", "--password", PASSWORD)
+    # A message in a thread carol is not in is answered as if it did not exist.
     err = carol.run("listen", "m1", code=1).stderr
-    assert err.startswith("error: FORBIDDEN (201)") and err.count("\n") == 1
+    assert err.startswith("error: MESSAGE_NOT_FOUND (301)") and err.count("\n") == 1
     assert bob.run("listen", "nope", code=1).stderr.startswith("error: MESSAGE_NOT_FOUND (301)")
     bob.run("logout")
     assert "not logged in" in bob.run("whoami", code=1).stderr

@@ -174,16 +174,19 @@ async def test_error_frames_map_to_server_error(
     chunks = chunks_from_packets(packets[:5])
     await talk(server.url, alice.token, open_frame("e1", thread), chunks)
 
+    # Carol is not in the thread: it and its messages are answered as if they did not exist.
     with pytest.raises(ServerError) as info:
         await collect(server.url, carol.token, Listen(msg="e1"))
-    assert (info.value.code, info.value.name) == (201, "FORBIDDEN")
+    assert (info.value.code, info.value.name) == (301, "MESSAGE_NOT_FOUND")
+    assert info.value.status == 404
     with pytest.raises(ServerError) as info:
         await ws_collect(server.url, carol.token, Listen(msg="e1"))
-    assert info.value.code == ErrorCode.FORBIDDEN
+    assert info.value.code == ErrorCode.MESSAGE_NOT_FOUND
 
     with pytest.raises(ServerError) as info:
         await talk(server.url, carol.token, open_frame("e2", thread), chunks)
-    assert info.value.code == ErrorCode.FORBIDDEN
+    assert info.value.code == ErrorCode.THREAD_NOT_FOUND
+    assert info.value.status == 404
     with pytest.raises(ServerError) as info:
         await talk(server.url, "not-a-token", open_frame("e3", thread), chunks)
     assert info.value.code == ErrorCode.UNAUTHENTICATED

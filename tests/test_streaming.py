@@ -174,7 +174,7 @@ async def test_full_upload_gets_opened_acks_closed(server: RunningServer, people
     [
         pytest.param(None, 401, ErrorCode.UNAUTHENTICATED, id="no-token"),
         pytest.param("not-a-token", 401, ErrorCode.UNAUTHENTICATED, id="wrong-token"),
-        pytest.param("eve", 403, ErrorCode.FORBIDDEN, id="non-participant"),
+        pytest.param("eve", 404, ErrorCode.THREAD_NOT_FOUND, id="non-participant"),
     ],
 )
 async def test_refused_upload_keeps_server_alive(
@@ -314,7 +314,7 @@ async def test_listen_refusals(server: RunningServer, people) -> None:
     alice, _, eve, thread = people
     await exchange(server.url, alice.token, upload_body(thread, "m7", chunk(0), Close(chunks=1)))
     cases = [
-        (eve.token, "/v1/messages/m7/listen", 403, ErrorCode.FORBIDDEN),
+        (eve.token, "/v1/messages/m7/listen", 404, ErrorCode.MESSAGE_NOT_FOUND),
         (None, "/v1/messages/m7/listen", 401, ErrorCode.UNAUTHENTICATED),
         (alice.token, "/v1/messages/nope/listen", 404, ErrorCode.MESSAGE_NOT_FOUND),
         (alice.token, "/v1/messages/m7/listen?from_seq=5", 400, ErrorCode.INVALID_LISTEN),

@@ -100,7 +100,10 @@ def error_of(response: httpx.Response) -> tuple[int, int, str]:
 
 
 async def test_signalling_refusals_use_the_registry(server: RunningServer) -> None:
-    """VXS-12-2, VXS-12-5: every refusal is a registry error, before any peer exists."""
+    """VXS-12-2, VXS-12-5: every refusal is a registry error, before any peer exists.
+
+    VXS-8-2: a thread eve is not in is answered exactly as one that does not exist.
+    """
     alice = await make_user(server.url, "alice")
     eve = await make_user(server.url, "eve")
     thread = await make_thread(server.url, alice)
@@ -111,7 +114,7 @@ async def test_signalling_refusals_use_the_registry(server: RunningServer) -> No
     cases = [
         (whip, None, send_offer, (401, 200, "UNAUTHENTICATED")),
         (whip, "vxs_bogus", send_offer, (401, 200, "UNAUTHENTICATED")),
-        (whip, eve.token, send_offer, (403, 201, "FORBIDDEN")),
+        (whip, eve.token, send_offer, (404, 300, "THREAD_NOT_FOUND")),
         ("/v1/threads/nope/whip", alice.token, send_offer, (404, 300, "THREAD_NOT_FOUND")),
         (whip, alice.token, "hello", (400, 104, "INVALID_REQUEST")),
         (
@@ -129,7 +132,8 @@ async def test_signalling_refusals_use_the_registry(server: RunningServer) -> No
         (whip, alice.token, receive_offer, (400, 104, "INVALID_REQUEST")),
         (f"{whip}?msg=not%20an%20id", alice.token, send_offer, (400, 104, "INVALID_REQUEST")),
         ("/v1/messages/nope/whep", alice.token, receive_offer, (404, 301, "MESSAGE_NOT_FOUND")),
-        (f"/v1/threads/{thread}/whep", eve.token, receive_offer, (403, 201, "FORBIDDEN")),
+        (f"/v1/threads/{thread}/whep", eve.token, receive_offer, (404, 300, "THREAD_NOT_FOUND")),
+        ("/v1/threads/nope/whep", alice.token, receive_offer, (404, 300, "THREAD_NOT_FOUND")),
     ]
     for path, token, body, expected in cases:
         response = await post(server.url, path, token, body)
@@ -154,7 +158,9 @@ async def test_whep_listen_parameters_and_other_peoples_messages(
         ("?from_seq=x", (400, 409, "INVALID_LISTEN")),
     ]:
         assert error_of(await post(server.url, whep + query, alice.token, offer)) == expected
-    assert error_of(await post(server.url, whep, eve.token, offer)) == (403, 201, "FORBIDDEN")
+    # A message in a thread eve is not in is answered as one that does not exist (VXS-8-2).
+    not_found = (404, 301, "MESSAGE_NOT_FOUND")
+    assert error_of(await post(server.url, whep, eve.token, offer)) == not_found
     # A closed message cannot be talked again over WHIP.
     response = await post(
         server.url,

@@ -113,7 +113,9 @@ async def test_live_marker_and_live_chunks_over_websocket(server: RunningServer,
             id="two-frames-in-one-message",
         ),
         pytest.param(encode_frame(Listen(msg="w1")), None, ErrorCode.UNAUTHENTICATED, id="no-auth"),
-        pytest.param("auth:eve", encode_frame(Listen(msg="w1")), ErrorCode.FORBIDDEN, id="eve"),
+        pytest.param(
+            "auth:eve", encode_frame(Listen(msg="w1")), ErrorCode.MESSAGE_NOT_FOUND, id="eve"
+        ),
         pytest.param("auth:bob", encode_frame(chunk(0)), ErrorCode.UNEXPECTED_FRAME, id="chunk"),
         pytest.param(
             "auth:bob", encode_frame(Listen(msg="nope")), ErrorCode.MESSAGE_NOT_FOUND, id="unknown"

@@ -11,7 +11,7 @@ VXS-9-2 and VXS-9-3 are client requirements (the peer mode checks clients).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import cbor2
@@ -20,7 +20,7 @@ from voxer_stream.wire import Chunk, Close, Error, Frame, Opened
 
 from ..case import CaseFailed, case, expect, fail
 from ..context import Context, RestReply
-from ..net import Reply
+from ..net import Reply, WsReply
 from ..spec import code_of, registry
 
 __all__ = [
@@ -28,7 +28,11 @@ __all__ = [
     "expect_refusal",
     "expect_rest_error",
     "expect_stream_error",
+    "expect_unseen",
+    "rest_answer",
     "status_of",
+    "stream_answer",
+    "ws_answer",
 ]
 
 CBOR_SEQ: Final = "application/cbor-seq"
@@ -138,6 +142,62 @@ def expect_stream_error(reply: Reply, name: str, requirement: str, what: str) ->
     return expect_error(reply.error, name, requirement, what)
 
 
+# -- VXS-8-2: what cannot be seen does not exist ----------------------------------------
+#
+# A thread or message the account may not see must be answered exactly as one that does
+# not exist, so that an outsider learns nothing, not even that the id is taken. The
+# suite compares the two answers as a whole: status, frames, code, name, the detail
+# with the id masked, and (WebSocket) the close code.
+
+Answer = tuple[object, ...]
+
+
+def _masked(detail: object, ids: Sequence[str]) -> object:
+    if not isinstance(detail, str):
+        return detail
+    for each in ids:
+        detail = detail.replace(each, "<id>")
+    return detail
+
+
+def rest_answer(reply: RestReply, *ids: str) -> Answer:
+    """What a REST answer tells: status, error code, name and detail (``ids`` masked)."""
+    error = reply.error or {}
+    shown = error.get("detail") if error else reply.content[:200]
+    return (reply.status, error.get("code"), error.get("name"), _masked(shown, ids))
+
+
+def _frames_answer(frames: Sequence[Frame], ids: Sequence[str]) -> Answer:
+    last = frames[-1] if frames else None
+    error = last if isinstance(last, Error) else None
+    return (
+        tuple(f.TYPE for f in frames),
+        error.code if error else None,
+        error.name if error else None,
+        _masked(error.detail, ids) if error else None,
+    )
+
+
+def stream_answer(reply: Reply, *ids: str) -> Answer:
+    """What an HTTP/2 (or WHIP/WHEP) streaming answer tells, ``ids`` masked."""
+    return (reply.status, *_frames_answer(reply.frames, ids))
+
+
+def ws_answer(reply: WsReply, *ids: str) -> Answer:
+    """What a WebSocket answer tells: its frames, the error's fields and the close code."""
+    return (*_frames_answer(reply.frames, ids), reply.close_code)
+
+
+def expect_unseen(answer: Answer, unknown: Answer, requirement: str, what: str) -> None:
+    """``answer`` (about an id the account cannot see) is the one an unknown id gets."""
+    expect(
+        answer == unknown,
+        requirement,
+        f"{what}: answered {answer}, but an id that does not exist is answered {unknown}: "
+        "the difference tells that the id exists",
+    )
+
+
 @case(
     "9/every-error",
     "every error the server reports is a pair of the registry, with the registry's HTTP status",
@@ -146,7 +206,9 @@ def expect_stream_error(reply: Reply, name: str, requirement: str, what: str) ->
     "requests refused before the response with the registry's HTTP status (one error frame); "
     "errors after opened as the last frame of a 200 response. INTERNAL_ERROR, SHUTTING_DOWN "
     "and IDLE_TIMEOUT cannot be provoked and are not checked; TOO_MANY_SESSIONS needs the "
-    "server's limit and is checked by 12/session-limit",
+    "server's limit and is checked by 12/session-limit; RATE_LIMITED is not provoked (five "
+    "failed logins would lock the suite's own client address out of logging in for 15 "
+    "minutes, VXS-8-9)",
 )
 async def every_error(ctx: Context) -> None:
     # Every mismatch is collected, so that one run shows every code a server gets wrong.
@@ -180,11 +242,14 @@ async def every_error(ctx: Context) -> None:
 
         check(name, verify)
 
-    alice, carol = ctx.alice, ctx.carol
+    alice, bob, carol = ctx.alice, ctx.bob, ctx.carol
     thread = await ctx.thread()
     other_thread = await ctx.thread()
+    managed = await ctx.thread()
+    listening = await ctx.listen_only_thread()
     closed_msg = await ctx.talk(thread, 1)
     live_msg = await ctx.talk(thread, 1, close=False)
+    unrecallable = await ctx.talk(thread, 1, close=False)
     opening = ctx.open_frame(thread, ctx.msg_id())
 
     # -- REST -----------------------------------------------------------------------
@@ -198,7 +263,19 @@ async def every_error(ctx: Context) -> None:
     )
     await rest("UNAUTHENTICATED", "GET /v1/accounts/me without a token", "GET", "/v1/accounts/me")
     await rest(
-        "FORBIDDEN", "an outsider reads a thread", "GET", f"/v1/threads/{thread}", token=carol.token
+        "FORBIDDEN",
+        "a member (not an admin) adds a participant",
+        "POST",
+        f"/v1/threads/{managed}/participants",
+        token=bob.token,
+        json={"usernames": [carol.username]},
+    )
+    await rest(
+        "THREAD_NOT_FOUND",
+        "an outsider reads a thread",
+        "GET",
+        f"/v1/threads/{thread}",
+        token=carol.token,
     )
     await rest(
         "INVALID_CREDENTIALS",
@@ -229,6 +306,13 @@ async def every_error(ctx: Context) -> None:
         token=alice.token,
     )
     await rest("NOT_FOUND", "an unknown path", "GET", "/v1/no-such-path", token=alice.token)
+    await rest(
+        "MESSAGE_LIVE",
+        "the sender recalls a live message",
+        "DELETE",
+        f"/v1/messages/{unrecallable}",
+        token=alice.token,
+    )
 
     # -- streams refused before the response started ----------------------------------
     await refused("MALFORMED_CBOR", "of a break code", [b"\xff"])
@@ -236,7 +320,15 @@ async def every_error(ctx: Context) -> None:
     await refused("INVALID_FRAME", "of a frame of type 'nope'", [cbor2.dumps({"type": "nope"})])
     await refused("UNEXPECTED_FRAME", "starting with a chunk", [ctx.chunk(0)])
     await refused("UNAUTHENTICATED", "without a token", [opening, Close(chunks=0)], token=None)
-    await refused("FORBIDDEN", "by an outsider", [opening, Close(chunks=0)], token=carol.token)
+    await refused(
+        "THREAD_NOT_FOUND", "by an outsider", [opening, Close(chunks=0)], token=carol.token
+    )
+    await refused(
+        "FORBIDDEN",
+        "by a listen-only participant",
+        [ctx.open_frame(listening, ctx.msg_id()), Close(chunks=0)],
+        token=bob.token,
+    )
     await refused(
         "THREAD_NOT_FOUND", "into an unknown thread", [ctx.open_frame(ctx.msg_id(), ctx.msg_id())]
     )
@@ -305,7 +397,8 @@ async def every_error(ctx: Context) -> None:
 
     unprovoked = {entry.name for entry in registry().values()} - seen
     expect(
-        unprovoked == {"INTERNAL_ERROR", "SHUTTING_DOWN", "IDLE_TIMEOUT", "TOO_MANY_SESSIONS"},
+        unprovoked
+        == {"INTERNAL_ERROR", "SHUTTING_DOWN", "IDLE_TIMEOUT", "TOO_MANY_SESSIONS", "RATE_LIMITED"},
         "VXS-9-1",
         f"suite bug: codes not provoked {sorted(unprovoked)}",
     )

@@ -269,16 +269,19 @@ async def full_duplex(ctx: Context) -> None:
     "10/error-before-response",
     "an error before the response is the registry's status and exactly one error frame",
     requirements=("VXS-10-4",),
-    accepts="with the request body still open: carol's open in alice's thread is HTTP 403, "
-    "an open in an unknown thread 404, a first frame that is a chunk 400, a listen with "
-    "from_seq=x 400; each Content-Type application/cbor-seq and a body of exactly one error "
-    "frame (FORBIDDEN, THREAD_NOT_FOUND, UNEXPECTED_FRAME, INVALID_LISTEN)",
+    accepts="with the request body still open: an open by bob in a thread where his role is "
+    "listen is HTTP 403, carol's open in alice's thread (she is no participant) and an open "
+    "in an unknown thread 404, a first frame that is a chunk 400, a listen with from_seq=x "
+    "400; each Content-Type application/cbor-seq and a body of exactly one error frame "
+    "(FORBIDDEN, THREAD_NOT_FOUND twice, UNEXPECTED_FRAME, INVALID_LISTEN)",
 )
 async def error_before_response(ctx: Context) -> None:
     thread = await ctx.thread()
+    listening = await ctx.listen_only_thread()
     msg = await ctx.talk(thread, 1)
     attempts: list[tuple[str, str, Frame]] = [
-        ("FORBIDDEN", ctx.carol.token, ctx.open_frame(thread, ctx.msg_id())),
+        ("FORBIDDEN", ctx.bob.token, ctx.open_frame(listening, ctx.msg_id())),
+        ("THREAD_NOT_FOUND", ctx.carol.token, ctx.open_frame(thread, ctx.msg_id())),
         ("THREAD_NOT_FOUND", ctx.alice.token, ctx.open_frame(ctx.msg_id(), ctx.msg_id())),
         ("UNEXPECTED_FRAME", ctx.alice.token, ctx.chunk(0)),
     ]

@@ -30,6 +30,7 @@ from ..case import case, expect, fail, note
 from ..context import Context, opus_packet
 from ..net import Exchange, Reply, TransportFailure
 from ..spec import registry
+from .errors import expect_unseen, stream_answer
 
 __all__ = [
     "TRANSCRIPT_IDS",
@@ -493,28 +494,47 @@ async def listen_closed(ctx: Context, talker: Talker, **query: Any) -> Reply:
 
 
 @case(
-    "6.1/forbidden",
-    "an account that is not a participant of the message's thread gets FORBIDDEN",
-    requirements=("VXS-6.1-1",),
-    accepts="carol (no participant) listening to a live and to a closed message: HTTP 403 "
-    "and a body of exactly one error frame 201 FORBIDDEN, no message or chunk; bob (a "
-    "participant) gets status 200 and a message frame",
+    "6.1/outsider",
+    "a listen by an account that is not a participant of the message's thread is answered "
+    "as for a message that does not exist",
+    requirements=("VXS-6.1-1", "VXS-8-2", "VXS-13.2-4"),
+    accepts="carol (no participant) listening to a live and to a closed message: HTTP 404 "
+    "and a body of exactly one error frame 301 MESSAGE_NOT_FOUND, no message or chunk, the "
+    "same answer (status, frames, code, name, detail but for the id) as for a message id "
+    "nobody used, with the same listen parameters; bob (a participant) gets status 200 and a "
+    "message frame, also where his role is listen",
 )
-async def forbidden(ctx: Context) -> None:
+async def outsider(ctx: Context) -> None:
+    async def unseen(reply: Reply, msg: str, what: str, **query: Any) -> None:
+        check_refused(reply, 301, "VXS-6.1-1", what)
+        other = ctx.msg_id()
+        unknown = await ctx.listen_all(ctx.carol.token, other, **query)
+        expect_unseen(stream_answer(reply, msg), stream_answer(unknown, other), "VXS-8-2", what)
+
     async with talking(ctx) as talker:
         await talker.send(*talker.make(3))
         reply = await ctx.listen_all(ctx.carol.token, talker.msg)
-        check_refused(reply, 201, "VXS-6.1-1", "carol, live message")
+        await unseen(reply, talker.msg, "carol, live message")
         await talker.close()
     for query in ({}, {"from_seq": 1}, {"live_edge": 1}):
         reply = await ctx.listen_all(ctx.carol.token, talker.msg, **query)
-        check_refused(reply, 201, "VXS-6.1-1", f"carol, closed message, query {query}")
+        await unseen(reply, talker.msg, f"carol, closed message, query {query}", **query)
     reply = await ctx.listen_all(ctx.bob.token, talker.msg)
     first = reply.frames[0] if reply.frames else None
     expect(
         reply.status == 200 and isinstance(first, MessageInfo),
         "VXS-6.1-1",
         f"bob, a participant, got HTTP {reply.status} and {first!r}",
+    )
+    async with talking(ctx, await ctx.listen_only_thread()) as talker:
+        await talker.send(*talker.make(2))
+        await talker.close()
+    reply = await ctx.listen_all(ctx.bob.token, talker.msg)
+    first = reply.frames[0] if reply.frames else None
+    expect(
+        reply.status == 200 and isinstance(first, MessageInfo),
+        "VXS-13.2-4",
+        f"bob, a listen-only participant, got HTTP {reply.status} and {first!r}",
     )
 
 

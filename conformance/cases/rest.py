@@ -3,7 +3,9 @@
 Authentication and authorization are checked on every endpoint of the table in section 8
 and on the streaming ones (HTTP/2 here, WebSocket in ``websocket.py``), each time with
 a resource that exists, so a server that checks existence before the token, or skips the
-participant check, answers something else than the refusal the case expects.
+participant check, answers something else than the refusal the case expects. To a
+non-participant a thread or message must look exactly like one that does not exist
+(VXS-8-2): the cases compare its answer with the one an unknown id gets.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from voxer_stream.wire import Ack, Close, Closed, End
 from ..case import case, expect, note
 from ..context import Account, Context, RestReply
 from ..net import Reply, TransportFailure, listen_path, open_exchange
-from .errors import expect_refusal, expect_rest_error
+from .errors import (
+    expect_refusal,
+    expect_rest_error,
+    expect_unseen,
+    rest_answer,
+    stream_answer,
+)
 
 THIRTY_DAYS_MS: Final = 30 * 24 * 3600 * 1000
 DAY_MS: Final = 24 * 3600 * 1000
@@ -155,30 +163,43 @@ async def unauthenticated_streams(ctx: Context) -> None:
 
 
 @case(
-    "8/forbidden-rest",
-    "a non-participant is FORBIDDEN to read a thread, its messages or their audio, "
-    "or to add participants",
-    requirements=("VXS-8-2", "VXS-8-5"),
-    accepts="carol (no participant) gets HTTP 403 with a JSON error 201 FORBIDDEN on GET of the "
-    "thread, its messages, a live and a closed message, their audio.opus, and on POST "
-    "participants (which adds nobody); GET /v1/threads does not list the thread for her; "
-    "bob (a participant) gets 200 on the same reads and may add a participant",
+    "8/outsider-rest",
+    "to a non-participant a thread, its messages and their audio do not exist; only an admin "
+    "adds participants",
+    requirements=("VXS-8-2", "VXS-8-5", "VXS-13.2-3"),
+    accepts="carol (no participant) gets HTTP 404 with a JSON error, 300 THREAD_NOT_FOUND on GET "
+    "of the thread and of its messages and on POST participants (which adds nobody), 301 "
+    "MESSAGE_NOT_FOUND on GET of a live and a closed message and of their audio.opus; each the "
+    "same answer (status, code, name, detail but for the id) as for an id nobody created; GET "
+    "/v1/threads does not list the thread for her; bob (a participant) gets 200 on the same "
+    "reads; bob (a member) adding a participant is 403 FORBIDDEN and adds nobody, alice (the "
+    "creator, admin) adding one is 200",
 )
-async def forbidden_rest(ctx: Context) -> None:
+async def outsider_rest(ctx: Context) -> None:
     thread = await ctx.thread()
     closed = await ctx.talk(thread, 2)
     live = await ctx.talk(thread, 1, close=False)
+    nowhere = f"{ctx.prefix}-nothread-{secrets.token_hex(6)}"
+    nothing = ctx.msg_id()
     reads = [
-        f"/v1/threads/{thread}",
-        f"/v1/threads/{thread}/messages",
-        f"/v1/messages/{closed}",
-        f"/v1/messages/{live}",
-        f"/v1/messages/{closed}/audio.opus",
-        f"/v1/messages/{live}/audio.opus",
+        ("/v1/threads/{}", thread, nowhere, "THREAD_NOT_FOUND"),
+        ("/v1/threads/{}/messages", thread, nowhere, "THREAD_NOT_FOUND"),
+        ("/v1/messages/{}", closed, nothing, "MESSAGE_NOT_FOUND"),
+        ("/v1/messages/{}", live, nothing, "MESSAGE_NOT_FOUND"),
+        ("/v1/messages/{}/audio.opus", closed, nothing, "MESSAGE_NOT_FOUND"),
+        ("/v1/messages/{}/audio.opus", live, nothing, "MESSAGE_NOT_FOUND"),
     ]
-    for path in reads:
+    for pattern, hidden, unknown_id, name in reads:
+        path = pattern.format(hidden)
         reply = await ctx.rest("GET", path, token=ctx.carol.token)
-        expect_rest_error(reply, "FORBIDDEN", "VXS-8-2", f"carol's GET {path}")
+        expect_rest_error(reply, name, "VXS-8-2", f"carol's GET {path}")
+        unknown = await ctx.rest("GET", pattern.format(unknown_id), token=ctx.carol.token)
+        expect_unseen(
+            rest_answer(reply, hidden),
+            rest_answer(unknown, unknown_id),
+            "VXS-8-2",
+            f"carol's GET {path}",
+        )
         ok = await ctx.rest("GET", path, token=ctx.bob.token)
         expect(ok.status == 200, "VXS-8-2", f"bob, a participant, got {ok.status} on GET {path}")
     for names in ([ctx.carol.username], [ctx.alice.username]):
@@ -188,7 +209,19 @@ async def forbidden_rest(ctx: Context) -> None:
             token=ctx.carol.token,
             json={"usernames": names},
         )
-        expect_rest_error(reply, "FORBIDDEN", "VXS-8-2", f"carol adding {names} to the thread")
+        expect_rest_error(reply, "THREAD_NOT_FOUND", "VXS-8-2", f"carol adding {names}")
+        unknown = await ctx.rest(
+            "POST",
+            f"/v1/threads/{nowhere}/participants",
+            token=ctx.carol.token,
+            json={"usernames": names},
+        )
+        expect_unseen(
+            rest_answer(reply, thread),
+            rest_answer(unknown, nowhere),
+            "VXS-8-2",
+            f"carol adding {names} to alice's thread",
+        )
     expect(
         ctx.carol.username not in await participants(ctx, thread),
         "VXS-8-2",
@@ -198,36 +231,65 @@ async def forbidden_rest(ctx: Context) -> None:
     expect(listing.status == 200, "VXS-8-2", f"carol's GET /v1/threads: {listing.status}")
     ids = [t.get("id") for t in (listing.body or {}).get("threads", []) if isinstance(t, dict)]
     expect(thread not in ids, "VXS-8-2", "GET /v1/threads lists a thread carol is not in")
-    # A participant may add one: the refusal above is about carol, not the endpoint.
+    # Bob sees the thread, but as a member he may not add anyone; alice, its admin, may.
     erin = await ctx.register("erin")
-    added = await ctx.rest(
+    refused = await ctx.rest(
         "POST",
         f"/v1/threads/{thread}/participants",
         token=ctx.bob.token,
         json={"usernames": [erin.username]},
     )
+    expect_rest_error(refused, "FORBIDDEN", "VXS-13.2-3", "bob, a member, adding a participant")
+    expect(
+        erin.username not in await participants(ctx, thread),
+        "VXS-13.2-3",
+        "erin is a participant after bob's refused POST .../participants",
+    )
+    added = await ctx.rest(
+        "POST",
+        f"/v1/threads/{thread}/participants",
+        token=ctx.alice.token,
+        json={"usernames": [erin.username]},
+    )
     expect(
         added.status == 200 and erin.username in usernames(added.body),
-        "VXS-8-2",
-        f"bob, a participant, could not add a participant: {added.status} {added.body}",
+        "VXS-13.2-3",
+        f"alice, the thread's admin, could not add a participant: {added.status} {added.body}",
     )
 
 
 @case(
-    "8/forbidden-upload",
-    "a non-participant's upload into a thread is FORBIDDEN over HTTP/2",
+    "8/outsider-upload",
+    "a non-participant's upload into a thread is answered as for a thread that does not "
+    "exist, over HTTP/2",
     requirements=("VXS-8-2", "VXS-10-4"),
     accepts="carol's open of a new message, and of alice's live message, in alice's thread: "
-    "HTTP 403, one error frame 201 FORBIDDEN; the new message does not exist afterwards and "
-    "alice's upload of the live message goes on undisturbed (ack, closed)",
+    "HTTP 404, one error frame 300 THREAD_NOT_FOUND, the same answer (status, frames, code, "
+    "name, detail but for the ids) as her open into a thread id nobody created; the new "
+    "message does not exist afterwards and alice's upload of the live message goes on "
+    "undisturbed (ack, closed)",
 )
-async def forbidden_upload(ctx: Context) -> None:
+async def outsider_upload(ctx: Context) -> None:
     thread = await ctx.thread()
     new = ctx.msg_id()
+
+    async def unseen(reply: Reply, msg: str, what: str) -> None:
+        expect_refusal(reply, "THREAD_NOT_FOUND", "VXS-8-2", what)
+        nowhere, other = f"{ctx.prefix}-nothread-{secrets.token_hex(6)}", ctx.msg_id()
+        unknown = await ctx.upload_all(
+            ctx.carol.token, [ctx.open_frame(nowhere, other), ctx.chunk(0), Close(chunks=1)]
+        )
+        expect_unseen(
+            stream_answer(reply, thread, msg),
+            stream_answer(unknown, nowhere, other),
+            "VXS-8-2",
+            what,
+        )
+
     reply = await ctx.upload_all(
         ctx.carol.token, [ctx.open_frame(thread, new), ctx.chunk(0), Close(chunks=1)]
     )
-    expect_refusal(reply, "FORBIDDEN", "VXS-8-2", "carol's upload into alice's thread")
+    await unseen(reply, new, "carol's upload into alice's thread")
     stored = await ctx.rest("GET", f"/v1/messages/{new}", token=ctx.alice.token)
     expect(stored.status == 404, "VXS-8-2", f"carol's refused upload created {new}")
 
@@ -238,7 +300,7 @@ async def forbidden_upload(ctx: Context) -> None:
         reply = await ctx.upload_all(
             ctx.carol.token, [ctx.open_frame(thread, live), ctx.chunk(1, salt=b"carol")]
         )
-        expect_refusal(reply, "FORBIDDEN", "VXS-8-2", "carol's open of alice's live message")
+        await unseen(reply, live, "carol's open of alice's live message")
         await alice.send(ctx.chunk(1), Close(chunks=2))
         rest = await alice.frames()
     expect(
@@ -254,20 +316,26 @@ async def forbidden_upload(ctx: Context) -> None:
 
 
 @case(
-    "8/forbidden-listen",
-    "a non-participant's listen over HTTP/2 is FORBIDDEN",
+    "8/outsider-listen",
+    "a non-participant's listen over HTTP/2 is answered as for a message that does not exist",
     requirements=("VXS-8-2", "VXS-10-4"),
     accepts="carol's GET .../listen of a closed and of a live message of alice's thread, with "
-    "and without query parameters: HTTP 403, one error frame 201 FORBIDDEN, no chunk",
+    "and without query parameters: HTTP 404, one error frame 301 MESSAGE_NOT_FOUND, no chunk, "
+    "the same answer (status, frames, code, name, detail but for the id) as for a message id "
+    "nobody used with the same parameters",
 )
-async def forbidden_listen(ctx: Context) -> None:
+async def outsider_listen(ctx: Context) -> None:
     thread = await ctx.thread()
     closed = await ctx.talk(thread, 2)
     live = await ctx.talk(thread, 1, close=False)
     for msg in (closed, live):
         for params in ({}, {"from_seq": 0}, {"live_edge": 1}):
+            what = f"carol's listen with {params or 'no'} parameters"
             reply = await ctx.listen_all(ctx.carol.token, msg, **params)
-            expect_refusal(reply, "FORBIDDEN", "VXS-8-2", f"carol's listen with {params or 'no'}")
+            expect_refusal(reply, "MESSAGE_NOT_FOUND", "VXS-8-2", what)
+            other = ctx.msg_id()
+            unknown = await ctx.listen_all(ctx.carol.token, other, **params)
+            expect_unseen(stream_answer(reply, msg), stream_answer(unknown, other), "VXS-8-2", what)
     bob = await ctx.listen_all(ctx.bob.token, closed)
     expect(
         bob.status == 200 and isinstance(bob.frames[-1:][0] if bob.frames else None, End),
@@ -487,7 +555,8 @@ async def unknown_method(ctx: Context) -> None:
     requirements=("VXS-8-6", "VXS-8-5"),
     accepts="the second POST /v1/threads of alice with the same id: 201 with the first title "
     "and participants (alice, bob), not the new ones; GET lists the thread once; the same id "
-    "from bob (a participant) or carol: 400 INVALID_REQUEST, the thread unchanged",
+    "from bob (a participant) or carol: 400 INVALID_REQUEST, the thread unchanged (carol, "
+    "still no participant, gets 404 THREAD_NOT_FOUND on GET of it)",
 )
 async def thread_idempotent(ctx: Context) -> None:
     thread = f"{ctx.prefix}-t-{secrets.token_hex(6)}"
@@ -541,7 +610,7 @@ async def thread_idempotent(ctx: Context) -> None:
         f"alice's GET /v1/threads lists it {ids.count(thread)} times",
     )
     carol_sees = await ctx.rest("GET", f"/v1/threads/{thread}", token=ctx.carol.token)
-    expect_rest_error(carol_sees, "FORBIDDEN", "VXS-8-6", "carol after the repeated creates")
+    expect_rest_error(carol_sees, "THREAD_NOT_FOUND", "VXS-8-6", "carol after the repeated creates")
 
 
 @case(

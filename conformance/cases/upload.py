@@ -38,6 +38,7 @@ from ..case import case, expect, fail, note, skip
 from ..context import Context, opus_packet
 from ..net import Exchange, Reply, TransportFailure
 from ..spec import code_of, registry
+from .errors import expect_unseen, stream_answer
 
 #: ``created`` of every first open (the talker's clock; any value is allowed).
 CREATED: Final = 1_700_000_000_000
@@ -558,19 +559,42 @@ async def thread_not_found(ctx: Context) -> None:
 
 @case(
     "5.2/forbidden",
-    "an open by an account that is not a participant of the thread is FORBIDDEN",
-    requirements=("VXS-5.2-1", "VXS-5.6-2", "VXS-10-4"),
-    accepts="carol (not a participant): HTTP 403 with exactly one error frame 201 FORBIDDEN; "
-    "the message does not exist afterwards and alice can then open it as new",
+    "an open into a thread the account cannot see is THREAD_NOT_FOUND, as for a thread that "
+    "does not exist; a participant whose role may not post gets FORBIDDEN",
+    requirements=("VXS-5.2-1", "VXS-8-2", "VXS-13.2-4", "VXS-5.6-2", "VXS-10-4"),
+    accepts="carol (not a participant) opening a new message in alice's thread: HTTP 404 with "
+    "exactly one error frame 300 THREAD_NOT_FOUND, the same answer (status, frames, code, name, "
+    "detail but for the id) as her open into a thread id nobody created; bob, added with the "
+    "role listen, opening one in a thread he sees: HTTP 403 with exactly one error frame 201 "
+    "FORBIDDEN; neither message exists afterwards and alice can then open each as new",
 )
 async def forbidden(ctx: Context) -> None:
     thread = await ctx.thread()
+    nowhere = _other_id(ctx, "nothread")
     msg = ctx.msg_id()
     reply = await ctx.upload_all(
         ctx.carol.token, [_open(thread, msg), ctx.chunk(0), Close(chunks=1)]
     )
-    _refused(reply, "FORBIDDEN", "VXS-5.2-1")
+    _refused(reply, "THREAD_NOT_FOUND", "VXS-8-2")
+    other = ctx.msg_id()
+    unknown = await ctx.upload_all(
+        ctx.carol.token, [_open(nowhere, other), ctx.chunk(0), Close(chunks=1)]
+    )
+    expect_unseen(
+        stream_answer(reply, thread, msg),
+        stream_answer(unknown, nowhere, other),
+        "VXS-8-2",
+        "carol's open into alice's thread",
+    )
     await _not_created(ctx, thread, msg, "VXS-5.6-2")
+
+    listening = await ctx.listen_only_thread()
+    msg = ctx.msg_id()
+    reply = await ctx.upload_all(
+        ctx.bob.token, [_open(listening, msg), ctx.chunk(0), Close(chunks=1)]
+    )
+    _refused(reply, "FORBIDDEN", "VXS-13.2-4")
+    await _not_created(ctx, listening, msg, "VXS-5.6-2")
 
 
 @case(
@@ -593,27 +617,31 @@ async def unsupported_codec(ctx: Context) -> None:
 
 @case(
     "5.2/check-order",
-    "the checks of open run in order: token, thread, participant, codec",
-    requirements=("VXS-5.2-1",),
+    "the checks of open run in order: token, thread (that the account sees), role, codec",
+    requirements=("VXS-5.2-1", "VXS-8-2", "VXS-13.2-4"),
     accepts="an open breaking several checks is refused with the first: bad token + unknown "
     "thread + speex: UNAUTHENTICATED; outsider + unknown thread + speex: THREAD_NOT_FOUND; "
-    "outsider + speex: FORBIDDEN; participant + unknown thread + speex: THREAD_NOT_FOUND",
+    "outsider + alice's thread + speex: THREAD_NOT_FOUND (a thread she cannot see does not "
+    "exist for her); listen-only participant + speex: FORBIDDEN; participant + unknown thread "
+    "+ speex: THREAD_NOT_FOUND",
 )
 async def check_order(ctx: Context) -> None:
     thread = await ctx.thread()
+    listening = await ctx.listen_only_thread()
     nowhere = _other_id(ctx, "nothread")
     attempts = [
-        (secrets.token_urlsafe(32), nowhere, "UNAUTHENTICATED"),
-        (ctx.carol.token, nowhere, "THREAD_NOT_FOUND"),
-        (ctx.carol.token, thread, "FORBIDDEN"),
-        (ctx.alice.token, nowhere, "THREAD_NOT_FOUND"),
+        (secrets.token_urlsafe(32), nowhere, "UNAUTHENTICATED", "VXS-5.2-1"),
+        (ctx.carol.token, nowhere, "THREAD_NOT_FOUND", "VXS-5.2-1"),
+        (ctx.carol.token, thread, "THREAD_NOT_FOUND", "VXS-8-2"),
+        (ctx.bob.token, listening, "FORBIDDEN", "VXS-13.2-4"),
+        (ctx.alice.token, nowhere, "THREAD_NOT_FOUND", "VXS-5.2-1"),
     ]
-    for token, where, name in attempts:
+    for token, where, name, rid in attempts:
         reply = await ctx.upload_all(token, [_open(where, ctx.msg_id(), codec="speex")])
         error = reply.error
         expect(
             error is not None and error.name == name,
-            "VXS-5.2-1",
+            (rid, "VXS-5.2-1"),
             f"an open that breaks several checks, the first being {name}, was answered "
             f"{_briefs(reply.frames)}",
         )
@@ -1290,9 +1318,10 @@ async def nothing_after_error(ctx: Context) -> None:
         "VXS-5.2-3",
     ),
     accepts="one live message of 4 acked chunks, then on new streams: a gap, invalid Opus, a "
-    "ts regression, a conflicting re-send, a wrong close, a second open, carol's open, bob's "
-    "open: each is refused with its error, and after each a new open says live next_seq 4 "
-    "and a listener gets the 4 chunks byte for byte; the right close then gives closed",
+    "ts regression, a conflicting re-send, a wrong close, a second open, carol's open "
+    "(THREAD_NOT_FOUND: she is not a participant), bob's open (MESSAGE_CONFLICT): each is "
+    "refused with its error, and after each a new open says live next_seq 4 and a listener "
+    "gets the 4 chunks byte for byte; the right close then gives closed",
 )
 async def rejections_change_nothing(ctx: Context) -> None:
     thread = await ctx.thread()
@@ -1328,7 +1357,7 @@ async def rejections_change_nothing(ctx: Context) -> None:
             ctx, thread, msg, sent, acked=3, accepted=4, rid="VXS-5.6-2", where=label
         )
     refused = [
-        ("carol's open", ctx.carol.token, "FORBIDDEN", "VXS-5.2-1"),
+        ("carol's open", ctx.carol.token, "THREAD_NOT_FOUND", "VXS-5.2-1"),
         ("bob's open", ctx.bob.token, "MESSAGE_CONFLICT", "VXS-5.2-3"),
     ]
     for label, token, name, rid in refused:

@@ -20,6 +20,7 @@ from voxer_stream.wire import Chunk, Close
 
 from ..case import case, expect, skip
 from ..context import Account, Context, RestReply, opus_packet
+from .errors import expect_unseen, rest_answer
 
 GROUP = "webrtc"
 SDP_HEADERS = {"content-type": "application/sdp"}
@@ -92,25 +93,43 @@ def without_opus(sdp: str) -> str:
 @case(
     "12/signalling-refusals",
     "WHIP and WHEP requests are refused with the registry's errors before any peer exists",
-    requirements=("VXS-12-2", "VXS-12-6"),
+    requirements=("VXS-12-2", "VXS-12-6", "VXS-8-2", "VXS-13.2-4"),
     group=GROUP,
-    accepts="no token 401 UNAUTHENTICATED; a thread the account is not in 403 FORBIDDEN; an "
-    "unknown thread 404 THREAD_NOT_FOUND; a body that is not SDP 400 INVALID_REQUEST; an "
-    "offer without Opus 422 UNSUPPORTED_CODEC; WHEP of an unknown message 404 "
+    accepts="no token 401 UNAUTHENTICATED; WHIP into a thread the account is not in, and WHEP "
+    "monitor of it, 404 THREAD_NOT_FOUND, as for an unknown thread; WHIP by a participant "
+    "whose role is listen 403 FORBIDDEN; an unknown thread 404 THREAD_NOT_FOUND; a body that "
+    "is not SDP 400 INVALID_REQUEST; an offer without Opus 422 UNSUPPORTED_CODEC; WHEP of an "
+    "unknown message, and of a message of a thread the account is not in, 404 "
     "MESSAGE_NOT_FOUND; WHEP at speed 0 400 INVALID_LISTEN",
 )
 async def signalling_refusals(ctx: Context) -> None:
     thread = await ctx.thread()
+    listening = await ctx.listen_only_thread()
     msg = await ctx.talk(thread, 2)
     send_offer = await sample_offer(send=True)
     receive_offer = await sample_offer(send=False)
     whip = f"/v1/threads/{thread}/whip?msg={ctx.msg_id()}"
+    nowhere = f"/v1/threads/{ctx.prefix}-none"
     checks = [
         ("no token", whip, None, send_offer, (401, "UNAUTHENTICATED")),
-        ("not a participant", whip, ctx.carol.token, send_offer, (403, "FORBIDDEN")),
+        ("WHIP, not a participant", whip, ctx.carol.token, send_offer, (404, "THREAD_NOT_FOUND")),
+        (
+            "WHEP monitor, not a participant",
+            f"/v1/threads/{thread}/whep",
+            ctx.carol.token,
+            receive_offer,
+            (404, "THREAD_NOT_FOUND"),
+        ),
+        (
+            "WHIP, listen-only participant",
+            f"/v1/threads/{listening}/whip?msg={ctx.msg_id()}",
+            ctx.bob.token,
+            send_offer,
+            (403, "FORBIDDEN"),
+        ),
         (
             "unknown thread",
-            f"/v1/threads/{ctx.prefix}-none/whip",
+            f"{nowhere}/whip",
             ctx.alice.token,
             send_offer,
             (404, "THREAD_NOT_FOUND"),
@@ -125,6 +144,13 @@ async def signalling_refusals(ctx: Context) -> None:
             (404, "MESSAGE_NOT_FOUND"),
         ),
         (
+            "WHEP, not a participant",
+            f"/v1/messages/{msg}/whep",
+            ctx.carol.token,
+            receive_offer,
+            (404, "MESSAGE_NOT_FOUND"),
+        ),
+        (
             "WHEP at speed 0",
             f"/v1/messages/{msg}/whep?speed=0",
             ctx.bob.token,
@@ -134,8 +160,31 @@ async def signalling_refusals(ctx: Context) -> None:
     ]
     for what, path, token, body, expected in checks:
         got = await refusal(ctx, path, token, body)
-        requirement = "VXS-12-6" if "speed" in what else "VXS-12-2"
+        if "speed" in what:
+            requirement = "VXS-12-6"
+        elif "not a participant" in what:
+            requirement = "VXS-8-2"
+        elif "listen-only" in what:
+            requirement = "VXS-13.2-4"
+        else:
+            requirement = "VXS-12-2"
         expect(got == expected, requirement, f"{what}: {got}, expected {expected}")
+    # What a stranger is told about a thread or message is what an unknown id gets.
+    none = f"{ctx.prefix}-none"
+    pairs = [
+        ("WHIP", f"/v1/threads/{thread}/whip", thread, f"{nowhere}/whip", send_offer),
+        ("WHEP monitor", f"/v1/threads/{thread}/whep", thread, f"{nowhere}/whep", receive_offer),
+        ("WHEP", f"/v1/messages/{msg}/whep", msg, f"/v1/messages/{none}/whep", receive_offer),
+    ]
+    for what, path, hidden, unknown_path, body in pairs:
+        seen = await post_offer(ctx, path, ctx.carol.token, body)
+        never = await post_offer(ctx, unknown_path, ctx.carol.token, body)
+        expect_unseen(
+            rest_answer(seen, hidden),
+            rest_answer(never, none),
+            "VXS-8-2",
+            f"carol's {what} offer about alice's thread",
+        )
 
 
 @case(

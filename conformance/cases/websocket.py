@@ -33,7 +33,7 @@ from ..case import case, expect
 from ..context import Context
 from ..net import WsReply
 from ..spec import code_of
-from .errors import expect_error
+from .errors import expect_error, expect_unseen, ws_answer
 
 SUBPROTOCOL = "voxer-stream.v1"
 
@@ -184,7 +184,7 @@ async def malformed_message(ctx: Context) -> None:
     accepts="a header token alone and an auth frame alone each serve a listen (message, chunk, "
     "end); with both, the auth frame decides: bob's header and an unknown token in the frame "
     "is UNAUTHENTICATED (4200), a garbage header and bob's frame works, bob's header and "
-    "carol's frame is FORBIDDEN (4201)",
+    "carol's frame (she is no participant) is MESSAGE_NOT_FOUND (4301)",
 )
 async def auth(ctx: Context) -> None:
     thread = await ctx.thread()
@@ -208,7 +208,7 @@ async def auth(ctx: Context) -> None:
         f"an unknown header token and bob's auth frame: {kinds(rescued.frames)}",
     )
     carol = await ws_exchange(ctx, Auth(token=ctx.carol.token), listen, header_token=ctx.bob.token)
-    expect_ws_error(carol, "FORBIDDEN", "VXS-11-3", "bob's header, carol's auth frame")
+    expect_ws_error(carol, "MESSAGE_NOT_FOUND", "VXS-11-3", "bob's header, carol's auth frame")
 
 
 @case(
@@ -244,34 +244,67 @@ async def unauthenticated(ctx: Context) -> None:
 
 
 @case(
-    "11/forbidden",
-    "a non-participant's upload or listen over WebSocket is FORBIDDEN",
+    "11/outsider",
+    "a non-participant's upload or listen over WebSocket is answered as for a thread or "
+    "message that does not exist",
     requirements=("VXS-8-2", "VXS-11-5"),
     group="websocket",
-    accepts="carol (header token or auth frame) listening to a closed and a live message, and "
-    "opening a new message or alice's live message in alice's thread: error 201 FORBIDDEN as "
-    "the only frame, close 4201; nothing is stored",
+    accepts="carol (header token or auth frame) listening to a closed and a live message: "
+    "error 301 MESSAGE_NOT_FOUND as the only frame, close 4301; opening a new message or "
+    "alice's live message in alice's thread: error 300 THREAD_NOT_FOUND as the only frame, "
+    "close 4300; each the same answer (frames, code, name, detail but for the ids, close "
+    "code) as for an id nobody created; nothing is stored",
 )
-async def forbidden(ctx: Context) -> None:
+async def outsider(ctx: Context) -> None:
     thread = await ctx.thread()
     closed = await ctx.talk(thread, 1)
     live = await ctx.talk(thread, 1, close=False)
     new = ctx.msg_id()
+    nowhere, other = f"{ctx.prefix}-nothread-{secrets.token_hex(6)}", ctx.msg_id()
     carol = ctx.carol.token
-    attempts: list[tuple[str, list[Frame], str | None]] = [
-        ("listen to a closed message", [Listen(msg=closed)], carol),
-        ("listen to a live message", [Auth(token=carol), Listen(msg=live)], None),
-        ("open a new message", [ctx.open_frame(thread, new), ctx.chunk(0)], carol),
+    # (what, frames, header token, error, the same request about ids that do not exist)
+    attempts: list[tuple[str, list[Frame], str | None, str, list[Frame]]] = [
+        (
+            "listen to a closed message",
+            [Listen(msg=closed)],
+            carol,
+            "MESSAGE_NOT_FOUND",
+            [Listen(msg=other)],
+        ),
+        (
+            "listen to a live message",
+            [Auth(token=carol), Listen(msg=live)],
+            None,
+            "MESSAGE_NOT_FOUND",
+            [Auth(token=carol), Listen(msg=other)],
+        ),
+        (
+            "open a new message",
+            [ctx.open_frame(thread, new), ctx.chunk(0)],
+            carol,
+            "THREAD_NOT_FOUND",
+            [ctx.open_frame(nowhere, other), ctx.chunk(0)],
+        ),
         (
             "open alice's live message",
             [Auth(token=carol), ctx.open_frame(thread, live), ctx.chunk(1, salt=b"c")],
             None,
+            "THREAD_NOT_FOUND",
+            [Auth(token=carol), ctx.open_frame(nowhere, other), ctx.chunk(1, salt=b"c")],
         ),
     ]
-    for label, frames, header in attempts:
+    hidden = (thread, closed, live, new)
+    for label, frames, header, name, unknown_frames in attempts:
         reply = await ws_exchange(ctx, *frames, header_token=header)
-        expect_ws_error(reply, "FORBIDDEN", "VXS-8-2", f"carol's {label}")
+        expect_ws_error(reply, name, "VXS-8-2", f"carol's {label}")
         expect(len(reply.frames) == 1, "VXS-8-2", f"carol's {label}: {kinds(reply.frames)}")
+        unknown = await ws_exchange(ctx, *unknown_frames, header_token=header)
+        expect_unseen(
+            ws_answer(reply, *hidden),
+            ws_answer(unknown, nowhere, other),
+            "VXS-8-2",
+            f"carol's {label}",
+        )
     expect(await stored_chunks(ctx, new) is None, "VXS-8-2", "carol's refused open was stored")
     expect(await stored_chunks(ctx, live) == 1, "VXS-8-2", "carol's refused open changed alice's")
 

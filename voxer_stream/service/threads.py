@@ -346,9 +346,12 @@ class Threads:
         )
         events = await self._events(changed, "thread")
         events += await self._events(changed, "thread.removed", [target])
-        if successor is not None:
-            await self.store.set_member(thread_id, successor.account_id, role="admin")
-        await self.store.remove_participant(thread_id, target, events)
+        await self.store.remove_participant(
+            thread_id,
+            target,
+            events,
+            promote=None if successor is None else successor.account_id,
+        )
         self.timeline.notify(events)
         return changed
 

@@ -362,7 +362,8 @@ class Store(Protocol):
 
     async def delete_contact(self, owner: str, contact: str) -> bool: ...
 
-    async def list_contacts(self, owner: str) -> list[Contact]: ...
+    async def list_contacts(self, owner: str) -> list[Contact]:
+        """Oldest first (VXS-13.1-3)."""
 
     # -- threads -----------------------------------------------------------------------
     async def find_direct_thread(self, a: str, b: str) -> Thread | None:
@@ -390,9 +391,15 @@ class Store(Protocol):
         """``NotFound`` if the account is not a participant."""
 
     async def remove_participant(
-        self, thread_id: str, account_id: str, events: Sequence[NewEvent] = ()
+        self,
+        thread_id: str,
+        account_id: str,
+        events: Sequence[NewEvent] = (),
+        *,
+        promote: str | None = None,
     ) -> bool:
-        """False if it was not a participant (and then no events are appended)."""
+        """False if it was not a participant (and then nothing changes); ``promote``
+        becomes admin in the same commit (the last admin left)."""
 
     async def thread_counts(self, account_id: str) -> dict[str, Counts]:
         """Per thread of the account: messages of others it may see, since it joined,
@@ -403,7 +410,8 @@ class Store(Protocol):
     async def recall_message(
         self, message_id: str, at: int, events: Sequence[NewEvent] = ()
     ) -> MessageRecord:
-        """Drop the content (body, chunks, search entry) and mark it recalled;
+        """Drop the content (body, image, chunks, reactions, search entry) and mark it
+        recalled;
         ``NotFound`` if there is no such message."""
 
     async def forward_message(

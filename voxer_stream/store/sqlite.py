@@ -243,6 +243,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             body, kind UNINDEXED, thread_id UNINDEXED, message_id UNINDEXED,
             created UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
         )""",
+        # The titles of the threads made before (version 1 had no text messages).
+        """INSERT INTO search_index (body, kind, thread_id, message_id, created)
+            SELECT title, 'thread', id, NULL, created FROM threads""",
     ),
 )
 

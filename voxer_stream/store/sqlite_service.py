@@ -255,7 +255,12 @@ class ServiceOps:
         await self._write(op)
 
     async def remove_participant(
-        self, thread_id: str, account_id: str, events: Sequence[NewEvent] = ()
+        self,
+        thread_id: str,
+        account_id: str,
+        events: Sequence[NewEvent] = (),
+        *,
+        promote: str | None = None,
     ) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -264,6 +269,11 @@ class ServiceOps:
             )
             if cursor.rowcount == 0:
                 return False
+            if promote is not None:
+                conn.execute(
+                    "UPDATE participants SET role = 'admin' WHERE thread_id = ? AND account_id = ?",
+                    (thread_id, promote),
+                )
             insert_events(conn, events)
             return True
 
@@ -531,7 +541,14 @@ class ServiceOps:
                 " ON CONFLICT (account_id) DO UPDATE SET pos = max(pos, excluded.pos)",
                 (before,),
             )
-            return conn.execute("DELETE FROM events WHERE created < ?", (before,)).rowcount
+            removed = conn.execute("DELETE FROM events WHERE created < ?", (before,)).rowcount
+            # An event appended out of ``created`` order may sit below a mark: it goes
+            # too, so that "positions <= trimmed are gone" holds.
+            removed += conn.execute(
+                "DELETE FROM events WHERE pos <="
+                " (SELECT t.pos FROM timeline_trimmed AS t WHERE t.account_id = events.account_id)"
+            ).rowcount
+            return removed
 
         return await self._write(op)
 

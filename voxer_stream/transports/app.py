@@ -96,6 +96,8 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
     async def export(message_id: str) -> Any:
         account = await current()
         record = await services.threads.message(account, message_id)
+        if record.kind != "audio":
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"message {message_id!r} has no audio")
         packets: list[bytes] = []
         seq = 0
         while seq < record.chunks:
