@@ -44,7 +44,7 @@ def parse_token(token: str | None) -> int | None:
     positions to this server."""
     if token is None or token == "":
         return None
-    if not token.isdigit() or len(token) > 18:
+    if not (token.isascii() and token.isdigit()) or len(token) > 18:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"bad since token {token!r}", "VXS-13.5-3")
     return int(token)
 

@@ -41,6 +41,9 @@ def _error_body(code: ErrorCode, detail: str) -> dict[str, Any]:
 
 def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
+    # "//" in a path is an empty segment (an empty id): NOT_FOUND, not a redirect to a
+    # route the client did not ask for (werkzeug merges slashes by default).
+    app.url_map.merge_slashes = False
     # REST bodies are JSON objects (1 MiB at most, rest_service.json_body), SDP offers
     # and images; the live path does not come here.
     app.config["MAX_CONTENT_LENGTH"] = REST_BODY_LIMIT
@@ -64,9 +67,17 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
     async def http_error(exc: HTTPException) -> tuple[Any, int]:
         # The registry's status, not the framework's: a method a path does not have
         # is NOT_FOUND with 404 (VXS-8-5), not a 405 that no registry entry carries.
+        # A crash reaches here as Quart's 500 (it has logged the traceback): it is
+        # INTERNAL_ERROR, never disguised as the client's fault.
         status = exc.code or 500
-        code = ErrorCode.NOT_FOUND if status in (404, 405) else ErrorCode.INVALID_REQUEST
-        return jsonify(_error_body(code, exc.description or "")), code.http_status
+        if status in (404, 405):
+            code = ErrorCode.NOT_FOUND
+        elif status >= 500:
+            code = ErrorCode.INTERNAL_ERROR
+        else:
+            code = ErrorCode.INVALID_REQUEST
+        detail = "the server failed" if status >= 500 else exc.description or ""
+        return jsonify(_error_body(code, detail)), code.http_status
 
     def text(data: dict[str, Any], key: str) -> str:
         value = data.get(key)

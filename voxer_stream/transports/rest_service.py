@@ -50,25 +50,39 @@ async def raw_body() -> bytes:
 
 
 async def json_body() -> dict[str, Any]:
+    """The request's JSON object. Whatever cannot be stored as UTF-8 text (a lone
+    surrogate such as ``"\\ud800"`` is valid JSON) or nests too deep for the parser is
+    refused here, once, rather than failing deep in the store."""
     data = await raw_body()
     if len(data) > JSON_BODY_LIMIT:
         raise invalid("a JSON body is at most 1 MiB")
     try:
         value = json.loads(data) if data else None
-    except ValueError:
+        if value is not None:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
         value = None
     if not isinstance(value, dict):
-        raise invalid("the body must be a JSON object", "VXS-8-5")
+        raise invalid("the body must be a JSON object of UTF-8 text", "VXS-8-5")
     return value
+
+
+def decimal(raw: str, what: str, digits: int = 18) -> int:
+    """A non-negative decimal integer of ASCII digits (``str.isdigit`` also takes
+    "²" and Arabic-Indic digits), at most ``digits`` long."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > digits:
+        raise invalid(f"{what} must be a decimal integer")
+    return int(raw)
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = decimal(raw, name, 9)
+    if not low <= value <= high:
         raise invalid(f"{name} must be an integer from {low} to {high}")
-    return int(raw)
+    return value
 
 
 def fts_query(text: str) -> str:
@@ -504,9 +518,8 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
         cursor = request.args.get("before")
         if cursor:
             created, _, rank = cursor.partition(".")
-            if not (created.isdigit() and rank.isdigit()):
-                raise invalid("before must be a cursor this server gave", "VXS-13.8-2")
-            before = (int(created), int(rank))
+            what = "before (a cursor this server gave)"
+            before = (decimal(created, what), decimal(rank, what))
         hits = await store.search(account.id, query, before=before, limit=limit)
         return {
             "results": [
