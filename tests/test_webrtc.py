@@ -447,3 +447,25 @@ async def test_an_account_at_the_session_limit_is_refused_until_one_ends(
             for talker in (second, third, bobs):
                 await talker.end()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_server_at_its_total_limit_refuses_every_account(tmp_path: Path) -> None:
+    """VXS-12-12: with 2 sessions in all, a third account's request is TOO_MANY_SESSIONS
+    (429) although it has none open; one DELETE makes room."""
+    config = ServerConfig(port=0, data_dir=tmp_path / "data", synchronous="NORMAL", rtc_max_total=2)
+    async with trio.open_nursery() as nursery:
+        (url,) = (await nursery.start(run_server, config))[:1]
+        alice, bob, carol = [await make_user(url, name) for name in ("alice", "bob", "carol")]
+        thread = await make_thread(url, alice, bob, carol)
+        async with RtcClient(url, alice.token) as a, RtcClient(url, bob.token) as b:
+            first, second = await a.whip(thread), await b.whip(thread)
+            response = await post(
+                url, f"/v1/threads/{thread}/whip", carol.token, await offer_sdp(send=True)
+            )
+            assert error_of(response) == (429, 503, "TOO_MANY_SESSIONS")
+            await first.end()
+            async with RtcClient(url, carol.token) as c:
+                third = await c.whip(thread)
+                for talker in (second, third):
+                    await talker.end()
+        nursery.cancel_scope.cancel()

@@ -165,6 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rtc_idle_timeout=args.rtc_idle_timeout,
         rtc_connect_timeout=args.rtc_connect_timeout,
         rtc_max_sessions=args.rtc_max_sessions,
+        rtc_max_total=args.rtc_max_total,
         timeline_retention_days=args.timeline_retention_days,
         push_subject=args.push_subject,
         allow_local_push=args.allow_local_push,
@@ -461,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         metavar="N",
         help="WebRTC sessions one account may have open at once (VXS-12-12)",
+    )
+    serve.add_argument(
+        "--rtc-max-total",
+        type=int,
+        default=500,
+        metavar="N",
+        help="WebRTC sessions the server has open at once, all accounts (VXS-12-12)",
     )
     serve.add_argument(
         "--timeline-retention-days",

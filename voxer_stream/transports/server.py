@@ -73,6 +73,8 @@ class ServerConfig:
     rtc_connect_timeout: float = 30.0
     #: WebRTC sessions one account may have open at once (VXS-12-12).
     rtc_max_sessions: int = 20
+    #: WebRTC sessions the server has open at once, all accounts together (VXS-12-12).
+    rtc_max_total: int = 500
 
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -179,6 +181,7 @@ async def _serve(
             idle_timeout=config.rtc_idle_timeout,
             connect_timeout=config.rtc_connect_timeout,
             max_sessions=config.rtc_max_sessions,
+            max_total=config.rtc_max_total,
         )
         await nursery.start(rtc.serve)
         app: Any = Router(services, rtc)

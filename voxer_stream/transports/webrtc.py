@@ -91,6 +91,9 @@ CONNECT_TIMEOUT: Final = 30.0
 #: WebRTC sessions one account may have open at once (VXS-12-12): each is a peer with
 #: its own UDP sockets and tasks, so an unbounded number could exhaust the process.
 MAX_SESSIONS: Final = 20
+#: WebRTC sessions the whole server has open at once (each is a peer connection with
+#: its DTLS and SRTP state on the one asyncio thread).
+MAX_TOTAL_SESSIONS: Final = 500
 #: How long an ended session's status stays readable with GET.
 LINGER: Final = 60.0
 #: RTP packets buffered between aiortc's loop and trio (about 20 s of 20 ms packets).
@@ -481,6 +484,7 @@ class RtcGateway:
         idle_timeout: float = IDLE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         max_sessions: int = MAX_SESSIONS,
+        max_total: int = MAX_TOTAL_SESSIONS,
     ) -> None:
         self.services = services
         self.hub: Hub = services.hub
@@ -488,6 +492,7 @@ class RtcGateway:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.max_sessions = max_sessions
+        self.max_total = max_total
         self.sessions: dict[str, WhipSession | WhepSession] = {}
         self._aio: AsyncioThread | None = None
         self._nursery: trio.Nursery | None = None
@@ -560,12 +565,16 @@ class RtcGateway:
         return answer
 
     def check_room(self, account: Account) -> None:
-        """Refuse a new session beyond ``max_sessions`` open ones (VXS-12-12)."""
-        open_ = sum(
-            1
-            for session in self.sessions.values()
-            if session.account.id == account.id and not session.ended.is_set()
-        )
+        """Refuse a new session beyond ``max_sessions`` open ones of the account, or
+        ``max_total`` open ones in all (VXS-12-12)."""
+        live = [s for s in self.sessions.values() if not s.ended.is_set()]
+        if len(live) >= self.max_total:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"the server has {len(live)} WebRTC sessions open; retry later",
+                "VXS-12-12",
+            )
+        open_ = sum(1 for session in live if session.account.id == account.id)
         if open_ >= self.max_sessions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SESSIONS,

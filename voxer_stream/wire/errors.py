@@ -116,7 +116,9 @@ _DESCRIPTION: dict[ErrorCode, str] = {
     ErrorCode.MESSAGE_LIVE: "the operation needs a closed message; this one is live",
     ErrorCode.INTERNAL_ERROR: "the server failed; the request may be retried",
     ErrorCode.SHUTTING_DOWN: "the server is shutting down; reconnect and resume",
-    ErrorCode.TOO_MANY_SESSIONS: "the account has as many sessions of this kind as allowed",
+    ErrorCode.TOO_MANY_SESSIONS: (
+        "as many sessions of this kind are open as allowed (the account's or the server's)"
+    ),
     ErrorCode.IDLE_TIMEOUT: "no frame arrived within the idle timeout",
 }
 
