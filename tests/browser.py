@@ -8,11 +8,14 @@ and Playwright is pointed at it with ``executable_path``.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -109,3 +112,49 @@ def received(page: Page, which: str, *, at_least: int = 1) -> dict[str, Any] | N
     ):
         return stats  # type: ignore[no-any-return]
     return None
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # time.monotonic()
+    method: str
+    url: str
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.url).query)
+
+
+class RequestLog:
+    """Every request the page makes from now on (``page.on("request")``), in order."""
+
+    def __init__(self, page: Page) -> None:
+        self.requests: list[Request] = []
+        page.on(
+            "request", lambda r: self.requests.append(Request(time.monotonic(), r.method, r.url))
+        )
+
+    def mark(self) -> int:
+        """A point in the log, for ``since``."""
+        return len(self.requests)
+
+    def since(self, mark: int) -> list[Request]:
+        return self.requests[mark:]
+
+    def to(self, pattern: str, method: str = "GET") -> list[Request]:
+        """The requests whose path matches the regular expression ``pattern``."""
+        return [r for r in self.requests if r.method == method and re.fullmatch(pattern, r.path)]
+
+
+def sync_live(page: Page, *, timeout: float = 10) -> None:
+    """Wait until the page holds its event stream (``GET /v1/sync/stream``) open."""
+    # Not page.wait_for_function with an expression: the page's CSP forbids eval.
+    wait_until(
+        lambda: page.evaluate("window.voxer.state().sync") == "live",
+        timeout=timeout,
+        what="the event stream",
+    )

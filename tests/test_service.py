@@ -243,6 +243,8 @@ async def test_message_kinds_directed_recall_forward_react(http: httpx.AsyncClie
     for who, emoji in ((bob, "👍"), (carol, "👍"), (carol, "🎉"), (carol, "🎉")):
         await who.call("PUT", f"/v1/messages/{hello['id']}/reactions/{emoji}")
     assert (await alice.get(f"/v1/messages/{hello['id']}"))["reactions"] == {"🎉": 1, "👍": 2}
+    assert (await carol.get(f"/v1/messages/{hello['id']}"))["mine"] == ["🎉", "👍"]
+    assert (await alice.get(f"/v1/messages/{hello['id']}"))["mine"] == []
     await carol.call("DELETE", f"/v1/messages/{hello['id']}/reactions/👍")
     assert (await alice.get(f"/v1/messages/{hello['id']}"))["reactions"] == {"🎉": 1, "👍": 1}
     # Forward, then recall the original: the copy stays.

@@ -82,13 +82,15 @@ class Messages:
             return {record.sender, record.directed_to} & set(thread.participants)
         return set(thread.participants)
 
-    async def view(self, record: MessageRecord) -> dict[str, Any]:
+    async def view(self, record: MessageRecord, viewer: str | None = None) -> dict[str, Any]:
         reactions = await self.store.reactions([record.id])
-        return message_view(record, reactions.get(record.id, ()))
+        return message_view(record, reactions.get(record.id, ()), viewer)
 
-    async def views(self, records: list[MessageRecord]) -> list[dict[str, Any]]:
+    async def views(
+        self, records: list[MessageRecord], viewer: str | None = None
+    ) -> list[dict[str, Any]]:
         reactions = await self.store.reactions([r.id for r in records])
-        return [message_view(r, reactions.get(r.id, ())) for r in records]
+        return [message_view(r, reactions.get(r.id, ()), viewer) for r in records]
 
     def _tell(
         self, recipients: Collection[str], what: str, record: MessageRecord, thread: Thread

@@ -25,8 +25,12 @@ def account_view(account: Account) -> dict[str, Any]:
     }
 
 
-def message_view(record: MessageRecord, reactions: Iterable[Reaction] = ()) -> dict[str, Any]:
-    """The message object: the fields every message has, then its kind's content."""
+def message_view(
+    record: MessageRecord, reactions: Iterable[Reaction] = (), viewer: str | None = None
+) -> dict[str, Any]:
+    """The message object: the fields every message has, then its kind's content; for
+    a ``viewer`` (a REST answer, not a timeline event) also the emoji it put on it."""
+    reactions = list(reactions)
     view: dict[str, Any] = {
         "id": record.id,
         "thread": record.thread_id,
@@ -42,6 +46,8 @@ def message_view(record: MessageRecord, reactions: Iterable[Reaction] = ()) -> d
         "forwarded_from": record.forwarded_from,
         "reactions": dict(sorted(Counter(r.emoji for r in reactions).items())),
     }
+    if viewer is not None:
+        view["mine"] = sorted(r.emoji for r in reactions if r.account_id == viewer)
     body = json.loads(record.body) if record.body else None
     if isinstance(body, dict):
         if record.kind == "text":

@@ -142,8 +142,10 @@ WEB_FILES: Final = {
 }
 WEB_HEADERS: Final = {
     # Only the page's own files and the server's own API; no inline script, no framing.
+    # blob: images are the thumbnails the page fetched with its token (an <img src>
+    # cannot send one).
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",

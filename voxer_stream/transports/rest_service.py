@@ -328,23 +328,23 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
         records = await store.list_messages(
             thread_id, limit, before=request.args.get("before"), viewer=account.id
         )
-        return {"messages": await messages.views(records)}
+        return {"messages": await messages.views(records, account.id)}
 
     @app.post("/v1/threads/<thread_id>/messages")
     async def post_message(thread_id: str) -> Any:
         account = await current()
         record = await messages.post(account, thread_id, await json_body())
-        return await messages.view(record), 201
+        return await messages.view(record, account.id), 201
 
     @app.get("/v1/messages/<message_id>")
     async def get_message(message_id: str) -> Any:
         account = await current()
-        return await messages.view(await threads.message(account, message_id))
+        return await messages.view(await threads.message(account, message_id), account.id)
 
     @app.delete("/v1/messages/<message_id>")
     async def recall(message_id: str) -> Any:
         account = await current()
-        return await messages.view(await messages.recall(account, message_id))
+        return await messages.view(await messages.recall(account, message_id), account.id)
 
     @app.post("/v1/messages/<message_id>/forward")
     async def forward(message_id: str) -> Any:
@@ -354,7 +354,7 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
         if target is None:
             raise invalid("'thread' is required", "VXS-13.3-5")
         record = await messages.forward(account, message_id, target, data)
-        return await messages.view(record), 201
+        return await messages.view(record, account.id), 201
 
     @app.put("/v1/messages/<message_id>/reactions/<emoji>")
     async def react(message_id: str, emoji: str) -> Any:

@@ -59,11 +59,13 @@ const state = {
   thread: null, // the open thread (its JSON)
   messages: new Map(), // id -> message JSON, of the open thread
   hasEarlier: false, // the open thread has messages before the first one shown
+  loaded: null, // the id of the open thread once its messages were read
   announced: new Map(), // message id -> what was said of it ("live" or "closed")
   monitored: new Set(), // live messages of others that started while the monitor played
   receipts: new Set(), // "kind:message id" sent by this page
   reacted: loadReacted(), // message id -> the emoji this account put on it
   draft: null, // {thread, text, id}: the text being sent (its id survives a retry)
+  notice: null, // what the status line says once the next screen opens
   sending: false,
 };
 
@@ -365,7 +367,8 @@ async function route() {
   } else {
     await leaveThread();
     show("threads");
-    setStatus("");
+    setStatus(state.notice ?? "");
+    state.notice = null;
     document.title = "Your threads · voxer-stream";
     renderThreads();
   }
@@ -757,8 +760,8 @@ function removeThread(threadId) {
   state.last.delete(threadId);
   renderThreads();
   if (state.thread?.id === threadId) {
-    location.hash = "#threads";
-    setStatus(`You are no longer in “${thread?.title || "Untitled thread"}”.`);
+    state.notice = `You are no longer in “${thread?.title || "Untitled thread"}”.`;
+    location.hash = "#threads"; // routes on hashchange, which then says so
   }
 }
 
@@ -907,6 +910,7 @@ async function openThread(threadId) {
     state.announced = new Map();
     state.monitored = new Set();
     state.hasEarlier = false;
+    state.loaded = null;
     $("message-list").replaceChildren();
     $("messages-empty").hidden = true;
     state.thread = thread;
@@ -922,6 +926,7 @@ async function leaveThread() {
   stopTalk();
   await Promise.all([rtc.talk?.done, rtc.player?.stop(), rtc.monitor?.stop()]);
   state.thread = null;
+  state.loaded = null;
   state.messages = new Map();
   state.announced = new Map();
   state.monitored = new Set();
@@ -935,8 +940,7 @@ function renderThreadHeader() {
   $("thread-people-text").textContent = thread.participants.map((p) => p.username).sort().join(", ");
   document.title = `${title} · voxer-stream`;
   const mute = $("mute");
-  mute.setAttribute("aria-pressed", String(Boolean(thread.muted)));
-  mute.textContent = thread.muted ? "Muted" : "Mute";
+  mute.setAttribute("aria-pressed", String(Boolean(thread.muted))); // its name stays "Mute"
   const speaking = speakers(thread);
   $("thread-speaking").textContent = speaking ? `${speaking} now` : "";
   $("thread-speaking").hidden = !speaking;
@@ -959,7 +963,8 @@ async function loadMessages(before = null) {
     return;
   }
   if (state.thread?.id !== thread.id) return;
-  const first = state.messages.size === 0;
+  const first = state.loaded !== thread.id;
+  state.loaded = thread.id;
   if (before || first) state.hasEarlier = messages.length === MESSAGES_PAGE;
   for (const message of messages) {
     upsertMessage(message, { fromRest: true });
@@ -988,11 +993,7 @@ function upsertMessage(message, options) {
 function gotMessage(type, message) {
   if (!message?.id || !message.thread) return;
   noteLast(message.thread, message);
-  if (!state.threads.has(message.thread)) {
-    refreshThread(message.thread);
-    return;
-  }
-  refreshThread(message.thread); // its counts, who is speaking
+  refreshThread(message.thread); // its counts, who is speaking (or the thread itself, if new)
   renderThreads();
   if (state.thread?.id !== message.thread) return;
   upsertMessage(message);
@@ -1193,14 +1194,9 @@ function updateMessageItem(item, message) {
     body.dataset.kind = kind;
     body.replaceChildren(...buildBody(kind, message.id));
   }
-  ({ audio: updateAudio, text: updateText, image: updateImage, location: updateLocation })[kind]?.(
-    body,
-    message,
-    sender,
-  );
-  if (!["audio", "text", "image", "location", "recalled"].includes(kind)) {
-    body.textContent = `A ${message.kind} message (this page cannot show it).`;
-  }
+  const fill = { audio: updateAudio, text: updateText, image: updateImage, location: updateLocation }[kind];
+  if (fill) fill(body, message, sender);
+  else if (kind !== "recalled") body.textContent = `A ${message.kind} message (this page cannot show it).`;
   updateReactions(reactions, message, sender);
 }
 
@@ -1306,6 +1302,14 @@ function updateReactions(group, message, sender) {
   const counts = message.reactions ?? {};
   const known = new Map(REACTIONS);
   const emoji = [...REACTIONS.map(([e]) => e), ...Object.keys(counts).filter((e) => !known.has(e)).sort()];
+  // The server says which are ours when it answered over REST ("mine"); events carry
+  // counts only, and this tab's own clicks are remembered in state.reacted.
+  // Taken once per REST answer: a later render of the same object must not bring back
+  // what a click has changed since.
+  if (Array.isArray(message.mine)) {
+    state.reacted.set(message.id, new Set(message.mine));
+    delete message.mine;
+  }
   const mine = state.reacted.get(message.id) ?? new Set();
   syncList(
     group,
