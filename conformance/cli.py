@@ -29,6 +29,7 @@ GROUPS = {
     "websocket": "the WebSocket binding (section 11)",
     "webrtc": "the WebRTC binding (section 12)",
     "tls": "HTTP/2 over TLS (needs --tls-server)",
+    "push": "Web Push delivered to a push service on this host (needs --push)",
 }
 
 
@@ -86,6 +87,19 @@ def server_parser() -> argparse.ArgumentParser:
         help="the server's limit of WebRTC sessions per account, if 10 or less (runs the "
         "strict case for VXS-12-12)",
     )
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="the server accepts Web Push endpoints on http://127.0.0.1 and reaches this "
+        "host (the reference server: serve --allow-local-push): runs the cases that receive "
+        "pushes (VXS-13.7-2)",
+    )
+    parser.add_argument(
+        "--slow",
+        action="store_true",
+        help="also run the MUST cases that wait for a fixed period of the spec (16 s for the "
+        "sync stream's keep-alive comment, VXS-13.5-7)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -101,9 +115,17 @@ async def run_suite(args: argparse.Namespace) -> list[Result]:
     ctx.abandon_after = args.abandon_after
     ctx.rtc_connect_timeout = args.rtc_connect_timeout
     ctx.rtc_max_sessions = args.rtc_max_sessions
+    ctx.push = args.push
+    ctx.slow = args.slow
     unclaimed = {}
     if not args.tls_server:
         unclaimed["tls"] = "no --tls-server given"
+    if not args.push:
+        unclaimed["push"] = (
+            "no --push given (the suite runs a push service on 127.0.0.1: pass --push if "
+            "the server accepts http://127.0.0.1 push endpoints, as the reference server "
+            "does with serve --allow-local-push)"
+        )
     selection = Selection(
         strict=args.strict,
         only=args.only,

@@ -64,6 +64,8 @@ class Account:
     password: str
     token: str
     id: str
+    #: The session (device) this token belongs to (VXS-8-11), when the server said.
+    session_id: str = ""
 
 
 @dataclass
@@ -92,6 +94,11 @@ class Context:
     abandon_after: float | None = None
     rtc_connect_timeout: float | None = None
     rtc_max_sessions: int | None = None
+    #: The server accepts Web Push endpoints on http://127.0.0.1 and can reach the
+    #: suite's host (``--push``; the reference server: ``serve --allow-local-push``).
+    push: bool = False
+    #: Run the MUST cases that wait for a fixed timer of the spec (``--slow``).
+    slow: bool = False
     strict: bool = False
     prefix: str = field(default_factory=lambda: "cf" + secrets.token_hex(4))
     accounts: dict[str, Account] = field(default_factory=dict)
@@ -127,7 +134,7 @@ class Context:
         """An outsider: a valid account that is in no thread of the suite."""
         return self.accounts["carol"]
 
-    async def register(self, role: str) -> Account:
+    async def register(self, role: str, *, device: str | None = None) -> Account:
         """Register and log in a new account named after ``role``."""
         username = f"{self.prefix}-{role}-{secrets.token_hex(3)}"[:32].lower()
         password = secrets.token_urlsafe(16)
@@ -136,15 +143,23 @@ class Context:
         )
         if reply.status != 201:
             raise TransportFailure(f"cannot register {username}: {reply.status} {reply.body}")
-        return await self.login(username, password)
+        return await self.login(username, password, device=device)
 
-    async def login(self, username: str, password: str) -> Account:
-        reply = await self.rest(
-            "POST", "/v1/sessions", json={"username": username, "password": password}
-        )
+    async def login(self, username: str, password: str, *, device: str | None = None) -> Account:
+        """A new session of the account (with the ``device`` label, if given)."""
+        body = {"username": username, "password": password}
+        if device is not None:
+            body["device"] = device
+        reply = await self.rest("POST", "/v1/sessions", json=body)
         if reply.status != 201 or not isinstance(reply.body, dict):
             raise TransportFailure(f"cannot log in {username}: {reply.status} {reply.body}")
-        return Account(username, password, str(reply.body["token"]), str(reply.body["account_id"]))
+        return Account(
+            username,
+            password,
+            str(reply.body["token"]),
+            str(reply.body["account_id"]),
+            str(reply.body.get("session_id", "")),
+        )
 
     async def set_up(self, given: Sequence[tuple[str, str]] = ()) -> None:
         """alice, bob and carol: the ``--account`` pairs in that order, else new accounts."""

@@ -89,12 +89,15 @@ def test_list_needs_no_server() -> None:
 def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
     junit = tmp_path / "report.xml"
     log = tmp_path / "server.log"
-    # --strict: the SHOULD and MAY cases too; the abandon period short enough to wait for.
+    # --strict: the SHOULD and MAY cases too; the abandon period short enough to wait for;
+    # --slow: the sync stream's 15 s keep-alive; --push: pushes to the suite's push service
+    # on 127.0.0.1, which the server accepts with --allow-local-push.
     with server_process(
         tmp_path / "data",
         "--abandon-after=3",
         "--rtc-connect-timeout=2",
         "--rtc-max-sessions=3",
+        "--allow-local-push",
         log=log,
     ) as server:
         code, out, report = run_suite(
@@ -103,6 +106,8 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
             "--junit",
             str(junit),
             "--strict",
+            "--slow",
+            "--push",
             "--abandon-after",
             "3",
             "--rtc-connect-timeout",
@@ -115,6 +120,9 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     bad = [r for r in report["results"] if r["verdict"] in ("fail", "error")]
     assert code == 0 and not bad, out
+    # Every case of the messaging service ran (none skipped for want of an option).
+    service = [r for r in report["results"] if r["section"].startswith("13")]
+    assert len(service) >= 30 and all(r["verdict"] == "pass" for r in service), out
     summary = report["summary"]
     assert summary["pass"] >= 50
     assert out.rstrip().splitlines()[-1].startswith(f"{summary['pass']} passed, 0 failed")
@@ -125,8 +133,8 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_suite_passes_against_the_in_memory_storage(tmp_path: Path) -> None:
     """``serve --storage memory`` (the benchmarks' no-op store) speaks the same protocol."""
-    with server_process(tmp_path / "data", "--storage=memory") as server:
-        code, out, report = run_suite(server.url, tmp_path)
+    with server_process(tmp_path / "data", "--storage=memory", "--allow-local-push") as server:
+        code, out, report = run_suite(server.url, tmp_path, "--push")
     assert code == 0, out
     assert report["summary"]["fail"] == report["summary"]["error"] == 0
 

@@ -3,7 +3,7 @@
 Everything is real but the browser: a SQLite store with accounts, sessions, a thread
 and push subscriptions put in through the ``Store`` API, the ``Timeline`` that knows
 which devices hold a sync open, the ``PushSender`` and the local push service of
-``push_receiver``, which checks VAPID and decrypts what arrives.
+``conformance.push_receiver``, which checks VAPID and decrypts what arrives.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from push_receiver import PushReceiver, Subscribed
 
+from conformance.push_receiver import PushReceiver, Subscribed
 from voxer_stream.service.notify import PushDispatch, build_payload, mentions, topic_for
 from voxer_stream.service.timeline import Timeline
 from voxer_stream.service.webpush import MAX_PAYLOAD, PushSender, PushSubscription, Vapid

@@ -1,6 +1,6 @@
 """Web Push end to end (VXS-13.7-1, VXS-13.7-2): a device registers a browser-style
 subscription over REST; the server encrypts and signs what it pushes; a local push
-service (tests/push_receiver.py) checks VAPID and decrypts it."""
+service (conformance/push_receiver.py) checks VAPID and decrypts it."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from push_receiver import PushReceiver
 from service_api import ApiError, login, register
 
+from conformance.push_receiver import PushReceiver
 from voxer_stream.client import chunks_from_packets, talk
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.transports.server import ServerConfig, run_server

@@ -1,6 +1,6 @@
 """Web Push (RFC 8030/8291/8292) against a local push service that decrypts.
 
-Every request goes to 127.0.0.1: the receiver in ``push_receiver``, a closed
+Every request goes to 127.0.0.1: the receiver in ``conformance.push_receiver``, a closed
 port, or a listener that never answers.
 """
 
@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from push_receiver import PushReceiver, Subscribed
 from py_vapid import jwt as py_vapid_jwt  # type: ignore[import-untyped, unused-ignore]
 
+from conformance.push_receiver import PushReceiver, Subscribed
 from voxer_stream.service.webpush import (
     MAX_PAYLOAD,
     PushResult,

@@ -206,9 +206,8 @@ def expect_unseen(answer: Answer, unknown: Answer, requirement: str, what: str) 
     "requests refused before the response with the registry's HTTP status (one error frame); "
     "errors after opened as the last frame of a 200 response. INTERNAL_ERROR, SHUTTING_DOWN "
     "and IDLE_TIMEOUT cannot be provoked and are not checked; TOO_MANY_SESSIONS needs the "
-    "server's limit and is checked by 12/session-limit; RATE_LIMITED is not provoked (five "
-    "failed logins would lock the suite's own client address out of logging in for 15 "
-    "minutes, VXS-8-9)",
+    "server's limit and is checked by 12/session-limit; RATE_LIMITED locks an account out for "
+    "15 minutes and is checked by 8/login-rate-limit, on accounts of its own",
 )
 async def every_error(ctx: Context) -> None:
     # Every mismatch is collected, so that one run shows every code a server gets wrong.

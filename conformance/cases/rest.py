@@ -739,3 +739,243 @@ async def thread_create(ctx: Context) -> None:
             "POST", "/v1/threads", token=alice.token, json={"id": bad_id, "participants": []}
         )
         expect_rest_error(reply, "INVALID_REQUEST", "VXS-8-5", f"thread id {bad_id!r}")
+
+
+# -- VXS-8-9, VXS-8-10, VXS-8-11: failed logins, password changes, devices ----------------
+
+
+async def _new_account(ctx: Context, role: str) -> tuple[str, str, Account]:
+    """A new account, logged in once; (username, password, that session)."""
+    account = await ctx.register(role)
+    return account.username, account.password, account
+
+
+async def _try_login(ctx: Context, username: str, password: str) -> RestReply:
+    return await ctx.rest("POST", "/v1/sessions", json={"username": username, "password": password})
+
+
+def _retry_after(reply: RestReply, what: str) -> int:
+    value = reply.headers.get("retry-after", "")
+    expect(
+        value.isascii() and value.isdigit(),
+        "VXS-8-9",
+        f"{what}: Retry-After {value or None!r}, expected a number of seconds",
+    )
+    seconds = int(value)
+    expect(
+        1 <= seconds <= 15 * 60,
+        "VXS-8-9",
+        f"{what}: Retry-After {seconds} s; the oldest failure is 15 minutes old in 1 to 900 s",
+    )
+    return seconds
+
+
+@case(
+    "8/login-rate-limit",
+    "after 5 failed logins for a username its logins are RATE_LIMITED, even with the right "
+    "password; a wrong old password in a password change counts",
+    requirements=("VXS-8-9", "VXS-8-10", "VXS-8-5"),
+    accepts="on a new account of its own: 5 logins with a wrong password, each 401 "
+    "INVALID_CREDENTIALS; then a login with the right password and one with a wrong one: HTTP "
+    "429 RATE_LIMITED with Retry-After 1 to 900 seconds. On a second new account: 4 wrong "
+    "logins, a password change with a wrong old password (401 INVALID_CREDENTIALS), then a "
+    "login with the right password: 429 RATE_LIMITED. Another account still logs in (the "
+    "limit is per username; the run stays far below 100 failures per address). 9 failed "
+    "logins and 1 failed change in all",
+)
+async def login_rate_limit(ctx: Context) -> None:
+    username, password, _ = await _new_account(ctx, "locked")
+    for attempt in range(1, 6):
+        wrong = await _try_login(ctx, username, password + "!")
+        expect_rest_error(wrong, "INVALID_CREDENTIALS", "VXS-8-9", f"failed login {attempt} of 5")
+    right = await _try_login(ctx, username, password)
+    expect_rest_error(
+        right, "RATE_LIMITED", "VXS-8-9", "a login with the right password after 5 failures"
+    )
+    _retry_after(right, "the refused login with the right password")
+    again = await _try_login(ctx, username, password + "?")
+    expect_rest_error(again, "RATE_LIMITED", "VXS-8-9", "a sixth wrong login")
+    _retry_after(again, "the sixth wrong login")
+
+    username, password, session = await _new_account(ctx, "changer")
+    for attempt in range(1, 5):
+        wrong = await _try_login(ctx, username, password + "!")
+        expect_rest_error(wrong, "INVALID_CREDENTIALS", "VXS-8-9", f"failed login {attempt} of 4")
+    change = await ctx.rest(
+        "POST",
+        "/v1/accounts/me/password",
+        token=session.token,
+        json={"old_password": password + "!", "new_password": "new-" + password},
+    )
+    expect_rest_error(
+        change, "INVALID_CREDENTIALS", "VXS-8-10", "a password change with a wrong old password"
+    )
+    right = await _try_login(ctx, username, password)
+    expect_rest_error(
+        right,
+        "RATE_LIMITED",
+        "VXS-8-9",
+        "a login with the right password after 4 failed logins and a password change with a "
+        "wrong old password (which counts as a failure)",
+    )
+    _retry_after(right, "the refused login after the failed password change")
+    other = await _try_login(ctx, ctx.alice.username, ctx.alice.password)
+    expect(
+        other.status == 201,
+        "VXS-8-9",
+        f"alice's login after another username was rate limited: {other.status} {other.body}",
+    )
+
+
+@case(
+    "8/password-change",
+    "a password change checks the old password, replaces it and ends every other session",
+    requirements=("VXS-8-10", "VXS-8-5"),
+    accepts="an account with three sessions: a change with a wrong old password is 401 "
+    "INVALID_CREDENTIALS and changes nothing (every session still works); with the right one "
+    "200 {sessions_ended: 2}; then the other two tokens are 401 UNAUTHENTICATED, the asking "
+    "session still works and is the only one GET /v1/sessions lists; a login with the old "
+    "password is 401 INVALID_CREDENTIALS, with the new one 201",
+)
+async def password_change(ctx: Context) -> None:
+    username, password, phone = await _new_account(ctx, "pw")
+    others = [await ctx.login(username, password, device=d) for d in ("laptop", "tablet")]
+    new_password = "changed-" + secrets.token_hex(8)
+    wrong = await ctx.rest(
+        "POST",
+        "/v1/accounts/me/password",
+        token=phone.token,
+        json={"old_password": password[::-1], "new_password": new_password},
+    )
+    expect_rest_error(wrong, "INVALID_CREDENTIALS", "VXS-8-10", "a wrong old password")
+    for device in (phone, *others):
+        me = await ctx.rest("GET", "/v1/accounts/me", token=device.token)
+        expect(
+            me.status == 200,
+            "VXS-8-10",
+            f"a session stopped working after a refused password change: {me.status}",
+        )
+    changed = await ctx.rest(
+        "POST",
+        "/v1/accounts/me/password",
+        token=phone.token,
+        json={"old_password": password, "new_password": new_password},
+    )
+    expect(
+        changed.status == 200
+        and isinstance(changed.body, dict)
+        and changed.body.get("sessions_ended") == 2,
+        "VXS-8-10",
+        f"the password change: {changed.status} {changed.body}, expected 200 "
+        "{'sessions_ended': 2}",
+    )
+    for device, label in zip(others, ("laptop", "tablet"), strict=True):
+        me = await ctx.rest("GET", "/v1/accounts/me", token=device.token)
+        expect_rest_error(
+            me, "UNAUTHENTICATED", "VXS-8-10", f"the {label}'s token after the password change"
+        )
+    me = await ctx.rest("GET", "/v1/accounts/me", token=phone.token)
+    expect(
+        me.status == 200,
+        "VXS-8-10",
+        f"the session that changed the password stopped working: {me.status} {me.body}",
+    )
+    listed = await ctx.rest("GET", "/v1/sessions", token=phone.token)
+    ids = [s.get("id") for s in (listed.body or {}).get("sessions", []) if isinstance(s, dict)]
+    expect(
+        listed.status == 200 and ids == [phone.session_id],
+        "VXS-8-10",
+        f"GET /v1/sessions after the change lists {ids}, expected only {phone.session_id!r}",
+    )
+    old = await _try_login(ctx, username, password)
+    expect_rest_error(old, "INVALID_CREDENTIALS", "VXS-8-10", "a login with the old password")
+    new = await _try_login(ctx, username, new_password)
+    expect(
+        new.status == 201,
+        "VXS-8-10",
+        f"a login with the new password: {new.status} {new.body}",
+    )
+
+
+SESSION_FIELDS: Final = {"id", "device", "created", "expires", "last_seen", "acked", "current"}
+
+
+@case(
+    "8/sessions",
+    "each login is a session of its own (a device), listed by GET /v1/sessions and ended by "
+    "DELETE /v1/sessions/{id}",
+    requirements=("VXS-8-11", "VXS-8-5"),
+    accepts="three logins of one account with the devices 'phone', 'laptop' and a 100-character "
+    "label: three different session ids and tokens, all valid; GET /v1/sessions lists exactly "
+    "those three (and the registration's login), each with id, device (its label), created, "
+    "expires, last_seen, acked and current (true only for the asking session); DELETE of the "
+    "laptop's id from the phone: 204, then the laptop's token is 401 UNAUTHENTICATED and no "
+    "longer listed; another account deleting the phone's id, or an unknown id: 404 NOT_FOUND, "
+    "and the phone still works",
+)
+async def sessions(ctx: Context) -> None:
+    username, password, first = await _new_account(ctx, "devices")
+    labels = ("phone", "laptop", "d" * 100)
+    devices = [await ctx.login(username, password, device=label) for label in labels]
+    phone, laptop, _ = devices
+    ids = [d.session_id for d in devices]
+    expect(
+        all(ids) and len({*ids, first.session_id}) == 4,
+        "VXS-8-11",
+        f"the logins' session ids {[*ids, first.session_id]} are not four different ids",
+    )
+    expect(
+        len({d.token for d in devices} | {first.token}) == 4,
+        "VXS-8-11",
+        "two logins gave the same token",
+    )
+    for device in (phone, laptop):
+        listed = await ctx.rest("GET", "/v1/sessions", token=device.token)
+        expect(listed.status == 200, "VXS-8-11", f"GET /v1/sessions: {listed.status}")
+        found = [s for s in (listed.body or {}).get("sessions", []) if isinstance(s, dict)]
+        by_id = {s.get("id"): s for s in found}
+        expect(
+            len(found) == 4 and set(by_id) == {*ids, first.session_id},
+            "VXS-8-11",
+            f"GET /v1/sessions lists {sorted(map(str, by_id))}, expected the account's 4 "
+            f"sessions {sorted([*ids, first.session_id])}",
+        )
+        for entry in found:
+            missing = SESSION_FIELDS - set(entry)
+            expect(not missing, "VXS-8-11", f"a listed session lacks {sorted(missing)}: {entry}")
+        for label, session_id in zip(labels, ids, strict=True):
+            expect(
+                by_id[session_id].get("device") == label,
+                "VXS-8-11",
+                f"session {session_id} lists device {by_id[session_id].get('device')!r}, "
+                f"expected {label!r}",
+            )
+        current = [s.get("id") for s in found if s.get("current") is True]
+        expect(
+            current == [device.session_id],
+            "VXS-8-11",
+            f"current is true for {current}, expected only the asking {device.session_id}",
+        )
+    ended = await ctx.rest("DELETE", f"/v1/sessions/{laptop.session_id}", token=phone.token)
+    expect(ended.status == 204, "VXS-8-11", f"DELETE of the laptop's session: {ended.status}")
+    gone = await ctx.rest("GET", "/v1/accounts/me", token=laptop.token)
+    expect_rest_error(gone, "UNAUTHENTICATED", "VXS-8-11", "the ended session's token")
+    listed = await ctx.rest("GET", "/v1/sessions", token=phone.token)
+    left = {s.get("id") for s in (listed.body or {}).get("sessions", []) if isinstance(s, dict)}
+    expect(
+        laptop.session_id not in left and phone.session_id in left,
+        "VXS-8-11",
+        f"after DELETE of the laptop's session GET /v1/sessions lists {sorted(map(str, left))}",
+    )
+    for label, token, target in (
+        ("alice deleting the phone's session", ctx.alice.token, phone.session_id),
+        ("an unknown session id", phone.token, secrets.token_hex(16)),
+    ):
+        refused = await ctx.rest("DELETE", f"/v1/sessions/{target}", token=token)
+        expect_rest_error(refused, "NOT_FOUND", "VXS-8-11", label)
+    me = await ctx.rest("GET", "/v1/accounts/me", token=phone.token)
+    expect(
+        me.status == 200,
+        "VXS-8-11",
+        f"the phone's session after the refused deletes: {me.status} {me.body}",
+    )

@@ -1,15 +1,16 @@
-"""A push service and user agent in one, on 127.0.0.1, for testing Web Push.
+"""A push service and user agent in one, on 127.0.0.1, for checking Web Push.
 
-A test must not reach a real push service, and a real one could not tell us
-whether the message decrypts. This one checks what a browser's push service and
-the browser together would (RFC 8030 headers, the RFC 8292 VAPID token, the
-RFC 8291 encryption), decrypts each message with the subscription's private key
+A test (or a conformance case, VXS-13.7-2) must not reach a real push service, and a
+real one could not tell us whether the message decrypts. This one checks what a
+browser's push service and the browser together would (RFC 8030 headers, the RFC 8292
+VAPID token, the RFC 8291 encryption), decrypts each message with the subscription's private key
 and auth secret, and records it, so a test can wait for the plaintext. Anything
 it refuses is answered 400/401/403/404 and kept in ``rejections``: a test that
 expects none asserts the list is empty.
 
 It is a plain trio TCP server speaking HTTP/1.1 through h11, which keeps the
-whole exchange under the test's control (no worker, no ASGI layer)::
+whole exchange under the test's control (no worker, no ASGI layer). It imports
+nothing of the server (the conformance suite reaches a server only over the network)::
 
     async with PushReceiver.start() as receiver:
         info, handle = receiver.subscribe(application_server_key=vapid.public_key)
@@ -18,8 +19,12 @@ whole exchange under the test's control (no worker, no ASGI layer)::
         assert await handle.next(timeout=5) == b"hi"
 """
 
+# ruff: noqa: ASYNC109  (``timeout=`` reads better than a cancel scope in every caller)
+
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import math
@@ -39,8 +44,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from voxer_stream.service.webpush import b64url_decode, b64url_encode
-
 # RFC 8291 section 4: what every push service must accept, and no more here, so
 # that a sender that exceeds it is caught.
 MAX_BODY = 4096
@@ -52,6 +55,23 @@ URGENCIES = frozenset({"very-low", "low", "normal", "high"})
 TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DIGITS = re.compile(r"[0-9]{1,10}")
 PATH = re.compile(r"/push/([0-9a-f]{32})")
+BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url, the form browsers and RFC 8292 use for keys and JWTs."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """base64url with or without padding; ``ValueError`` for any other character."""
+    if not BASE64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    unpadded = text.rstrip("=")
+    try:
+        return base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
+    except binascii.Error as exc:
+        raise ValueError(f"not base64url: {exc}") from None
 
 
 class Refused(Exception):
