@@ -169,6 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeline_retention_days=args.timeline_retention_days,
         push_subject=args.push_subject,
         allow_local_push=args.allow_local_push,
+        redis_url=args.redis,
     )
     trio.run(_serve, config)
     return 0
@@ -486,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-local-push",
         action="store_true",
         help="accept Web Push endpoints over http on 127.0.0.1 (tests, development)",
+    )
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://host:port/db shared with other serve processes on the same data: "
+        "timelines and presence cross processes through it",
     )
     serve.set_defaults(sync_func=cmd_serve)
 

@@ -12,21 +12,30 @@ first event returned, so the device must re-read its state (threads, messages)
 over REST instead of trusting its cache. With nothing new, sync long-polls: the
 request waits (at most ``timeout``) for the next append to the account's timeline.
 
-Presence is kept here too, per process: an account is online while one of its
-devices holds a sync request or a sync stream open.
+Presence is kept here too: an account is online while one of its devices holds a
+sync request or a sync stream open.
+
+Several server processes (issue 7) share the store and a ``Bus``: an append on one
+wakes the long-polls and streams on all (``voxer:timeline`` carries the account ids),
+and each process announces who is online on it (``voxer:presence``, its whole set every
+``PRESENCE_PERIOD`` seconds and at once on a change); the others keep what they heard
+for ``PRESENCE_TTL`` seconds, so a process that dies stops counting soon after.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 
+from ..bus import Bus, LocalBus
 from ..store.base import Event, NewEvent, Store
 from ..wire import ErrorCode, ProtocolError
 from .identity import now_ms
@@ -37,6 +46,11 @@ PAGE_MAX: Final = 1000
 PAGE_DEFAULT: Final = 100
 #: The longest a sync long-polls (ms).
 TIMEOUT_MAX: Final = 60_000
+TIMELINE_CHANNEL: Final = "voxer:timeline"
+PRESENCE_CHANNEL: Final = "voxer:presence"
+#: How often a process announces who is online on it, and how long others believe it.
+PRESENCE_PERIOD: Final = 2.0
+PRESENCE_TTL: Final = 5.0
 
 
 def parse_token(token: str | None) -> int | None:
@@ -57,9 +71,25 @@ class SyncPage:
     limited: bool
 
 
+@dataclass
+class _Peer:
+    """What another process last said of who is online on it."""
+
+    accounts: frozenset[str]
+    sessions: dict[str, frozenset[str]]  # account -> its sessions online there
+    until: float  # trio time
+
+
 class Timeline:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, bus: Bus | None = None) -> None:
         self.store = store
+        self.bus: Bus = bus or LocalBus()
+        #: Other processes may be listening: one process alone skips the bus.
+        self.shared = not isinstance(self.bus, LocalBus)
+        #: This process, on the bus.
+        self.process = uuid.uuid4().hex
+        self._peers: dict[str, _Peer] = {}
+        self._presence_changed = trio.Event()
         self._waiters: dict[str, trio.Event] = {}
         self._online: Counter[str] = Counter()
         self._sessions: Counter[str] = Counter()
@@ -96,10 +126,73 @@ class Timeline:
     def notify(self, events: Sequence[NewEvent]) -> None:
         """Wake the long-polls and streams of the accounts these events went to; call
         it after the write that appended them has returned."""
-        for account_id in {e.account_id for e in events}:
+        accounts = sorted({e.account_id for e in events})
+        self._wake(accounts)
+        if accounts and self.shared:
+            message = json.dumps({"from": self.process, "accounts": accounts})
+            self.bus.publish(TIMELINE_CHANNEL, message.encode())
+
+    def _wake(self, accounts: Iterable[str]) -> None:
+        for account_id in accounts:
             waiter = self._waiters.pop(account_id, None)
             if waiter is not None:
                 waiter.set()
+
+    # -- across processes --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hear the other processes' appends and presence, and tell them ours (a task
+        of the server's nursery)."""
+        if not self.shared:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hear, TIMELINE_CHANNEL, self._heard_append)
+            nursery.start_soon(self._hear, PRESENCE_CHANNEL, self._heard_presence)
+            while True:
+                self._announce()
+                with trio.move_on_after(PRESENCE_PERIOD):
+                    await self._presence_changed.wait()
+                    await trio.sleep(0.05)  # a burst of connects: one announcement
+
+    async def _hear(self, channel: str, heard: Callable[[dict[str, Any]], None]) -> None:
+        """Follow a channel; one that overflowed (this process fell behind) is taken up
+        again, and every waiter is woken to re-read rather than miss an append."""
+        while True:
+            async with self.bus.subscribe(channel) as subscription:
+                async for data in subscription:
+                    try:
+                        message = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(message, dict) and message.get("from") != self.process:
+                        heard(message)
+            self._wake(list(self._waiters))
+
+    def _heard_append(self, message: dict[str, Any]) -> None:
+        self._wake(message.get("accounts", ()))
+
+    def _heard_presence(self, message: dict[str, Any]) -> None:
+        sender = message.get("from")
+        if not isinstance(sender, str):
+            return
+        sessions = {a: frozenset(s) for a, s in message.get("sessions", {}).items()}
+        self._peers[sender] = _Peer(
+            accounts=frozenset(sessions),
+            sessions=sessions,
+            until=trio.current_time() + PRESENCE_TTL,
+        )
+
+    def _announce(self) -> None:
+        self._presence_changed = trio.Event()
+        sessions = {a: sorted(s) for a, s in self._by_account.items()}
+        message = json.dumps({"from": self.process, "sessions": sessions})
+        self.bus.publish(PRESENCE_CHANNEL, message.encode())
+
+    def _live_peers(self) -> list[_Peer]:
+        now = trio.current_time()
+        for name in [n for n, p in self._peers.items() if p.until < now]:
+            del self._peers[name]
+        return list(self._peers.values())
 
     async def append(self, events: Sequence[NewEvent]) -> None:
         await self.store.add_events(events)
@@ -181,6 +274,7 @@ class Timeline:
         self._online[account_id] += 1
         self._sessions[session_id] += 1
         self._by_account.setdefault(account_id, set()).add(session_id)
+        self._presence_changed.set()
         try:
             yield
         finally:
@@ -193,17 +287,29 @@ class Timeline:
                 sessions.discard(session_id)
                 if not sessions:
                     self._by_account.pop(account_id, None)
+            self._presence_changed.set()
 
     def online(self, account_ids: Iterable[str]) -> list[str]:
-        return sorted(a for a in account_ids if self._online.get(a, 0) > 0)
+        """Those of ``account_ids`` online on this process or any other."""
+        peers = self._live_peers()
+        return sorted(
+            a
+            for a in set(account_ids)
+            if self._online.get(a, 0) > 0 or any(a in p.accounts for p in peers)
+        )
 
     def online_sessions(self, account_ids: Iterable[str]) -> frozenset[str]:
-        """The sessions of these accounts that hold a sync open now."""
+        """The sessions of these accounts that hold a sync open now, anywhere."""
+        peers = self._live_peers()
         found: set[str] = set()
         for account_id in account_ids:
             found |= self._by_account.get(account_id, set())
+            for peer in peers:
+                found |= peer.sessions.get(account_id, frozenset())
         return frozenset(found)
 
     def session_online(self, session_id: str) -> bool:
-        """Whether that device holds a sync open now: it then needs no push."""
-        return self._sessions.get(session_id, 0) > 0
+        """Whether that device holds a sync open now, anywhere: it then needs no push."""
+        if self._sessions.get(session_id, 0) > 0:
+            return True
+        return any(session_id in s for p in self._live_peers() for s in p.sessions.values())

@@ -23,6 +23,7 @@ from typing import Any, Final
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from ..bus import Bus, LocalBus, RedisBus
 from ..pipeline import Hub
 from ..service.contacts import Contacts
 from ..service.identity import Identity, now_ms
@@ -67,6 +68,9 @@ class ServerConfig:
     push_subject: str = "mailto:admin@localhost"
     #: Accept push endpoints over http on loopback (tests, local development).
     allow_local_push: bool = False
+    #: A Redis shared with other server processes on the same store (``redis://...``):
+    #: timeline wake-ups and presence cross processes through it (issue 7).
+    redis_url: str | None = None
     #: A WHIP session quiet for this long closes its message (VXS-12-4).
     rtc_idle_timeout: float = 5.0
     #: A WebRTC peer not connected this long after the answer is given up (VXS-12-10).
@@ -151,10 +155,26 @@ async def _serve(
     shutdown: trio.Event | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        bus: Bus = LocalBus()
+        if config.redis_url is not None:
+            bus = await stack.enter_async_context(RedisBus(config.redis_url))
+            log.info("sharing timelines and presence through %s", config.redis_url)
+        await _serve_on(config, opened, bus, shutdown, task_status)
+
+
+async def _serve_on(
+    config: ServerConfig,
+    opened: Store,
+    bus: Bus,
+    shutdown: trio.Event | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     async with opened as store, trio.open_nursery() as nursery:
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
         nursery.start_soon(hub.run_abandon_watchdog)
-        timeline = Timeline(store)
+        timeline = Timeline(store, bus)
+        nursery.start_soon(timeline.run)
         threads = Threads(store, timeline)
         messages = Messages(store, threads, timeline)
         hub.activity = messages.audio_activity
