@@ -6,16 +6,22 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from conftest import server_process
+from conftest import make_thread, make_user, server_process
 from service_api import Device, login, register
 
+from voxer_stream.client import ListenResult, Rest, chunks_from_packets, collect, realtime, talk
+from voxer_stream.client.talker import UploadChannel, _h2_opener, run_upload
+from voxer_stream.media.encode import encode_file, tone_wav
+from voxer_stream.media.ogg import read_ogg_opus
 from voxer_stream.service.timeline import PRESENCE_TTL
+from voxer_stream.wire import Listen, Open
 
 
 async def online(device: Device, thread: str) -> list[str]:
@@ -89,3 +95,86 @@ async def test_two_processes_share_timelines_and_presence(tmp_path: Path, redis_
                 while bob.id in await online(alice, thread):
                     await trio.sleep(0.1)
             assert time.monotonic() - killed <= PRESENCE_TTL + 1.0
+
+
+def tone_packets(tmp_path: Path, seconds: float) -> list[bytes]:
+    wav = tmp_path / "tone.wav"
+    tone_wav(wav, seconds, 440.0)
+    return encode_file(wav)
+
+
+async def test_listeners_on_other_processes_hear_a_live_message(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A talker on A; listeners on A and B from the start while it is live, and one on
+    B that joins late and catches up: each gets every chunk once, in order."""
+    chunks = chunks_from_packets(tone_packets(tmp_path, 3.0), 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url)
+    with server_process(data, *options) as a, server_process(data, *options) as b:
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+        results: dict[str, ListenResult] = {}
+
+        async def hear(name: str, url: str, delay: float) -> None:
+            await trio.sleep(delay)
+            results[name] = await collect(url, bob.token, Listen(msg="m-live"))
+
+        opened = Open(msg="m-live", thread=thread, created=int(time.time() * 1000))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(talk, a.url, alice.token, opened, realtime(chunks))
+            nursery.start_soon(hear, "on A", a.url, 0.3)
+            nursery.start_soon(hear, "on B", b.url, 0.3)
+            nursery.start_soon(hear, "on B, late", b.url, 1.5)
+        for name, result in results.items():
+            assert [c.seq for c in result.chunks] == list(range(len(chunks))), name
+            assert result.chunks == chunks, name
+            assert result.end is not None and result.end.chunks == len(chunks), name
+        assert results["on B"].live_at is not None  # it was live on B, not a replay
+
+
+async def test_a_talker_whose_process_dies_resumes_on_another(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A is killed mid-message: the talker reconnects to B and resumes from what is
+    durable; a listener on B hears every chunk once; the stored message is whole."""
+    packets = tone_packets(tmp_path, 3.0)
+    chunks = chunks_from_packets(packets, 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url)
+    with server_process(data, *options) as a, server_process(data, *options) as b:
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+        urls = iter([a.url, b.url, b.url, b.url, b.url, b.url])
+
+        @asynccontextmanager
+        async def opener() -> AsyncIterator[UploadChannel]:
+            async with _h2_opener(next(urls), alice.token, None)() as channel:
+                yield channel
+
+        heard: dict[str, ListenResult] = {}
+
+        async def hear() -> None:
+            await trio.sleep(0.3)
+            heard["on B"] = await collect(b.url, bob.token, Listen(msg="m-moves"))
+
+        async def kill_a() -> None:
+            await trio.sleep(1.2)
+            os.kill(a.process.pid, signal.SIGKILL)
+
+        opened = Open(msg="m-moves", thread=thread, created=int(time.time() * 1000))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hear)
+            nursery.start_soon(kill_a)
+            closed = await run_upload(opener, opened, realtime(chunks))
+        assert closed.chunks == len(chunks)
+        result = heard["on B"]
+        assert [c.seq for c in result.chunks] == list(range(len(chunks)))
+        assert result.chunks == chunks
+        async with Rest(b.url, bob.token) as rest:
+            stored = await rest.message("m-moves")
+            audio = await rest.export("m-moves")
+        assert (stored["state"], stored["chunks"]) == ("closed", len(chunks))
+        assert read_ogg_opus(audio)[1] == packets

@@ -31,12 +31,16 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..store.base import MessageRecord, Store, StoredChunk
 from ..wire import Chunk, ErrorCode, ProtocolError, encode_frame
 from .sink import DirectSink
+
+if TYPE_CHECKING:
+    from .remote import Relay
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,12 @@ class LiveMessage:
         self._uncommitted: list[StoredChunk] = []
         self._commit_wanted = trio.Event()
         self._followers: list[Follower] = []
+        #: Held by another process (issue 7): fed from the bus, never committed here.
+        self.mirror = False
+        #: For a message this process owns while others may listen: tells them each
+        #: chunk frame as it is published (``remote.Relay``).
+        self.announce: Callable[[bytes], None] | None = None
+        self.committer_scope = trio.CancelScope()
 
     @property
     def id(self) -> str:
@@ -95,17 +105,28 @@ class LiveMessage:
         self._changed.set()
         self._changed = trio.Event()
 
-    def publish(self, chunk: StoredChunk) -> None:
-        """Append the next chunk: live listeners get it now, the committer soon."""
+    def publish(self, chunk: StoredChunk, *, commit: bool = True) -> None:
+        """Append the next chunk: live listeners get it now, the committer soon (a
+        mirror's chunks are committed by their owner: ``commit=False``)."""
         assert chunk.seq == self.next_seq and not self.closed
         frame = chunk_frame(chunk)
+        if self.announce is not None:
+            self.announce(frame)
         self.tail.append(chunk)
         self.tail_wire.append(frame)
         self.next_seq += 1
         self.end_ts = chunk.end_ts
         self.last_activity = trio.current_time()
-        self._uncommitted.append(chunk)
-        self._commit_wanted.set()
+        if commit:
+            self._uncommitted.append(chunk)
+            self._commit_wanted.set()
+        elif len(self.tail) > self._tail_limit:
+            # A mirror's old chunks were committed by the owner long ago (the tail
+            # holds a minute): readers find them in the store.
+            del self.tail[0]
+            del self.tail_wire[0]
+            self.tail_start += 1
+            self.durable = max(self.durable, self.tail_start)
         if self._followers:
             self._deliver(chunk.seq, frame)
         self._wake()
@@ -166,6 +187,20 @@ class LiveMessage:
         check, so that a change during that await is not missed."""
         return self._changed
 
+    def rewind(self, count: int, end_ts: int) -> None:
+        """Forget what is beyond the ``count`` durable chunks: a mirror taken over keeps
+        only what the store holds, and the talker re-sends the rest (same seqs, same
+        bytes: a listener that had them is past them and is not sent them again)."""
+        keep = max(0, count - self.tail_start)
+        del self.tail[keep:]
+        del self.tail_wire[keep:]
+        if count < self.tail_start:
+            self.tail_start = count
+        self.next_seq = count
+        self.durable = count
+        self.end_ts = end_ts
+        self._wake()
+
     def mark_closed(self) -> None:
         self.closed = True
         for follower in self._followers:
@@ -174,7 +209,12 @@ class LiveMessage:
         self._wake()
 
     async def run_committer(self, store: Store) -> None:
-        """Append published chunks to the store in batches, in seq order, until closed."""
+        """Append published chunks to the store in batches, in seq order, until closed
+        (or, for a message another process took over, until cancelled)."""
+        with self.committer_scope:
+            await self._commit_until_closed(store)
+
+    async def _commit_until_closed(self, store: Store) -> None:
         while True:
             if not self._uncommitted:
                 if self.closed:
@@ -255,6 +295,8 @@ class Hub:
         #: Set when the server begins a graceful shutdown (VXS-5.6-3).
         self.shutting_down = trio.Event()
         self._watchers: dict[str, list[trio.MemorySendChannel[LiveMessage]]] = {}
+        #: Live messages across processes (``serve --redis``), or None alone.
+        self.relay: Relay | None = None
         #: Told ``("live", record)`` when a talker starts or resumes a message and
         #: ``("closed", record)`` once it is closed durably: how the service layer
         #: puts audio messages on timelines without the pipeline knowing about them.
@@ -284,6 +326,10 @@ class Hub:
             live = self._live.get(message_id)
             if live is not None:
                 return live.record, live
+            if self.relay is not None:
+                # Another process may hold it: listen as a mirror; a talker that
+                # opens it here takes it over (``take_over``).
+                return await self.relay.mirror(message_id)
             record = await self.store.get_message(message_id)
             if record is None or record.state == "closed":
                 return record, None
@@ -291,6 +337,24 @@ class Hub:
             self._live[message_id] = live
             self._nursery.start_soon(live.run_committer, self.store)
             return record, live
+
+    def adopt(self, live: LiveMessage) -> None:
+        """Register a live message made elsewhere in this module (a mirror)."""
+        self._live[live.id] = live
+
+    def forget(self, live: LiveMessage) -> None:
+        if self._live.get(live.id) is live:
+            del self._live[live.id]
+
+    async def take_over(self, live: LiveMessage) -> None:
+        """A talker opens ``live`` here: this process owns it from now on, from what the
+        store holds (``LiveMessage.rewind``)."""
+        if live.mirror and self.relay is not None:
+            self.relay.take_over(live)
+            record = await self.store.get_message(live.id)
+            if record is not None:
+                live.rewind(record.chunks, record.duration)
+            self._nursery.start_soon(live.run_committer, self.store)
 
     async def close(self, live: LiveMessage) -> None:
         """Commit everything, mark the message closed durably, then tell listeners."""
@@ -303,6 +367,8 @@ class Hub:
             await self.store.close_message(live.id, live.next_seq, live.end_ts)
             live.mark_closed()
             del self._live[live.id]
+        if self.relay is not None:
+            self.relay.announce_end(live)
         if self.activity is not None:
             closed = replace(
                 live.record, state="closed", chunks=live.next_seq, duration=live.end_ts
@@ -353,7 +419,8 @@ class Hub:
             now = trio.current_time()
             for live in list(self._live.values()):
                 idle = now - live.last_activity
-                if live.uploader is None and idle >= self.abandon_after and not live.closed:
+                idle_owner = live.uploader is None and not live.mirror
+                if idle_owner and idle >= self.abandon_after and not live.closed:
                     log.info("closing abandoned message %s after %.0f s", live.id, idle)
                     try:
                         await self.close(live)

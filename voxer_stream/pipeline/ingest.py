@@ -171,6 +171,8 @@ class UploadSession:
         current, live = await self.hub.get(frame.msg)
         assert current is not None
         self.record = current
+        if live is not None and live.mirror:
+            await self.hub.take_over(live)  # its talker moved here from another process
         if live is None:
             await self._send(self.machine.accept_open(current.chunks, closed=True))
             return None

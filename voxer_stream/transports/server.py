@@ -25,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from ..bus import Bus, LocalBus, RedisBus
 from ..pipeline import Hub
+from ..pipeline.remote import Relay
 from ..service.contacts import Contacts
 from ..service.identity import Identity, now_ms
 from ..service.messages import Messages
@@ -172,6 +173,9 @@ async def _serve_on(
 ) -> None:
     async with opened as store, trio.open_nursery() as nursery:
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
+        if not isinstance(bus, LocalBus):
+            hub.relay = Relay(hub, bus, nursery)
+            nursery.start_soon(hub.relay.run)
         nursery.start_soon(hub.run_abandon_watchdog)
         timeline = Timeline(store, bus)
         nursery.start_soon(timeline.run)
