@@ -16,12 +16,23 @@ import trio
 from conftest import make_thread, make_user, server_process
 from service_api import Device, login, register
 
-from voxer_stream.client import ListenResult, Rest, chunks_from_packets, collect, realtime, talk
+from voxer_stream.client import (
+    ConnectionLost,
+    ListenInterrupted,
+    ListenResult,
+    Rest,
+    ServerError,
+    chunks_from_packets,
+    collect,
+    listen,
+    realtime,
+    talk,
+)
 from voxer_stream.client.talker import UploadChannel, _h2_opener, run_upload
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
 from voxer_stream.service.timeline import PRESENCE_TTL
-from voxer_stream.wire import Listen, Open
+from voxer_stream.wire import Chunk, End, Listen, Open
 
 
 async def online(device: Device, thread: str) -> list[str]:
@@ -178,3 +189,90 @@ async def test_a_talker_whose_process_dies_resumes_on_another(
             audio = await rest.export("m-moves")
         assert (stored["state"], stored["chunks"]) == ("closed", len(chunks))
         assert read_ogg_opus(audio)[1] == packets
+
+
+async def hear_all(url: str, token: str, msg: str) -> list[Chunk]:
+    """Listen to the end, reconnecting (to whichever worker the kernel picks) from the
+    next seq after an interruption: a listener that was on a killed process resumes."""
+    got: list[Chunk] = []
+    for _ in range(20):
+        try:
+            request = Listen(msg=msg, from_seq=len(got))
+            async with aclosing(listen(url, token, request)) as frames:
+                async for frame in frames:
+                    if isinstance(frame, Chunk):
+                        assert frame.seq == len(got), (frame.seq, len(got))  # no gap, no dup
+                        got.append(frame)
+                    elif isinstance(frame, End):
+                        return got
+        except (ConnectionLost, ListenInterrupted, ServerError):
+            await trio.sleep(0.1)
+    raise AssertionError(f"{msg}: no end after 20 tries ({len(got)} chunks)")
+
+
+async def members(url: str) -> tuple[str, list[str]]:
+    async with httpx.AsyncClient(base_url=url) as http:  # a new connection: any worker
+        health = (await http.get("/v1/health")).json()
+    return health["member"], health["members"]
+
+
+@pytest.mark.slow
+async def test_three_workers_lose_one_mid_message_and_nothing_is_lost(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """serve --workers 3 on one Redis: 3 talkers and 6 listeners spread over the
+    workers by the kernel; one worker is SIGKILLed mid-message. Every talker finishes
+    (resuming on another worker), every listener ends with the exact chunks, the
+    stored messages are whole, and the ring drops the dead worker."""
+    chunks = chunks_from_packets(tone_packets(tmp_path, 4.0), 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url, "--workers", "3")
+    with server_process(data, *options) as service:
+        url = service.url
+        with trio.fail_after(10):
+            while len((await members(url))[1]) < 3:
+                await trio.sleep(0.1)
+        alice = await make_user(url, "alice")
+        bob = await make_user(url, "bob")
+        thread = await make_thread(url, alice, bob)
+        talked: dict[str, int] = {}
+        heard: dict[str, list[Chunk]] = {}
+        victim: list[str] = []
+
+        async def talker(msg: str) -> None:
+            opened = Open(msg=msg, thread=thread, created=int(time.time() * 1000))
+            closed = await run_upload(
+                _h2_opener(url, alice.token, None), opened, realtime(chunks), max_resumes=20
+            )
+            talked[msg] = closed.chunks
+
+        async def listener(name: str, msg: str, delay: float) -> None:
+            await trio.sleep(delay)
+            heard[name] = await hear_all(url, bob.token, msg)
+
+        async def kill_one() -> None:
+            await trio.sleep(1.5)
+            member, _ = await members(url)
+            victim.append(member)
+            os.kill(int(member.rsplit("/", 1)[1]), signal.SIGKILL)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(talker, f"m{n}")
+                nursery.start_soon(listener, f"m{n} early", f"m{n}", 0.3)
+                nursery.start_soon(listener, f"m{n} late", f"m{n}", 1.0 + n * 0.5)
+            nursery.start_soon(kill_one)
+        assert talked == {f"m{n}": len(chunks) for n in range(3)}
+        for name, got in heard.items():
+            assert got == chunks, name
+        async with Rest(url, bob.token) as rest:
+            for n in range(3):
+                stored = await rest.message(f"m{n}")
+                assert (stored["state"], stored["chunks"]) == ("closed", len(chunks))
+        # The ring converges: the dead worker is gone from every live worker's view.
+        with trio.fail_after(10):
+            while True:
+                views = [await members(url) for _ in range(9)]
+                if all(victim[0] not in ring for _, ring in views):
+                    break
+                await trio.sleep(0.2)

@@ -140,6 +140,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if bool(args.certfile) != bool(args.keyfile):
         raise CliError("--certfile and --keyfile go together")
+    if args.workers is not None and args.workers > 1:
+        from .workers import Supervisor
+
+        if args.redis is None:
+            raise CliError("--workers needs --redis (the workers meet there)")
+        if args.storage != "sqlite":
+            raise CliError("--workers needs --storage sqlite (one store for all)")
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        raw: list[str] = args.raw_argv
+        argv = raw[raw.index("serve") + 1 :]
+        supervisor = Supervisor(argv, host=args.host, port=args.port, count=args.workers)
+        return supervisor.run("https" if args.certfile else "http")
     # What is imported by now (the server's modules and their libraries, ~50,000
     # objects) lives as long as the process: keep it out of the cyclic collector's
     # full passes, which stop every live stream while they scan. At 1,000 listeners a
@@ -170,6 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         push_subject=args.push_subject,
         allow_local_push=args.allow_local_push,
         redis_url=args.redis,
+        reuse_port=args.reuse_port,
     )
     trio.run(_serve, config)
     return 0
@@ -489,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept Web Push endpoints over http on 127.0.0.1 (tests, development)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N server processes on the port, one service (needs --redis)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
         "--redis",
         metavar="URL",
         help="redis://host:port/db shared with other serve processes on the same data: "
@@ -564,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if hasattr(args, "sync_func"):
             result: int = args.sync_func(args)

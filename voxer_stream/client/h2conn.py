@@ -330,15 +330,18 @@ class H2Connection:
         if self._closed:
             return
         self._closed = True
-        if self._failure is None:
-            try:
-                self._h2.close_connection()
-                with trio.move_on_after(1):
-                    await self._flush()
-            except (h2.exceptions.H2Error, H2ConnectionError):
-                pass
-        self._fail(H2ConnectionError("the connection was closed by the client"))
-        await trio.aclose_forcefully(self._sock)
+        try:
+            if self._failure is None:
+                try:
+                    self._h2.close_connection()
+                    with trio.move_on_after(1):
+                        await self._flush()
+                except (h2.exceptions.H2Error, H2ConnectionError):
+                    pass
+        finally:
+            # Even when cancelled while saying GOAWAY: the socket is closed.
+            self._fail(H2ConnectionError("the connection was closed by the client"))
+            await trio.aclose_forcefully(self._sock)
 
     async def abort(self) -> None:
         """Drop the TCP connection at once, without GOAWAY: what a network failure

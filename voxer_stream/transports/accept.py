@@ -122,13 +122,23 @@ class Acceptor:
         self.state: dict[str, Any] = {}
         self.context = WorkerContext(None)
 
-    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[str]]) -> None:
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
         self.hconfig.set_statsd_logger_class(StatsdLogger)
         lifespan = Lifespan(self.wrapped, self.hconfig, self.state)
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            if reuse_port:
+                listeners = [await reuse_port_listener(host, port)]
+            else:
+                listeners = await trio.open_tcp_listeners(port, host=host)
             scheme = "https" if self.ssl_context else "http"
             binds = []
             for listener in listeners:
@@ -194,3 +204,19 @@ class Acceptor:
             # One connection's bug must not take the server (and everyone's calls) down.
             log.exception("connection from %s failed", socket_address(stream.socket, True))
             await trio.aclose_forcefully(stream)
+
+
+async def reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    """A listening socket with SO_REUSEPORT: the kernel spreads the connections of one
+    port over every process bound to it (``serve --workers``)."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(4096)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

@@ -95,7 +95,15 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
 
     @app.get("/v1/health")
     async def health() -> Any:
-        return {"status": "ok", "version": __version__, "live_messages": len(services.hub)}
+        answer: dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "live_messages": len(services.hub),
+        }
+        if services.membership is not None:
+            answer["member"] = services.membership.member
+            answer["members"] = list(services.membership.ring.members)
+        return answer
 
     @app.post("/v1/accounts")
     async def register() -> Any:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +24,7 @@ from typing import Any, Final
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from ..bus import Bus, LocalBus, RedisBus
+from ..bus import Bus, LocalBus, Membership, RedisBus
 from ..pipeline import Hub
 from ..pipeline.remote import Relay
 from ..service.contacts import Contacts
@@ -72,6 +73,8 @@ class ServerConfig:
     #: A Redis shared with other server processes on the same store (``redis://...``):
     #: timeline wake-ups and presence cross processes through it (issue 7).
     redis_url: str | None = None
+    #: Bind with SO_REUSEPORT, so that several processes share the port (``--workers``).
+    reuse_port: bool = False
     #: A WHIP session quiet for this long closes its message (VXS-12-4).
     rtc_idle_timeout: float = 5.0
     #: A WebRTC peer not connected this long after the answer is given up (VXS-12-10).
@@ -198,6 +201,11 @@ async def _serve_on(
             contacts=Contacts(store),
             vapid_public_key=vapid.public_key,
             allow_local_push=config.allow_local_push,
+            membership=(
+                None
+                if config.redis_url is None
+                else Membership(config.redis_url, f"{socket.gethostname()}/{os.getpid()}")
+            ),
         )
         rtc = RtcGateway(
             services,
@@ -216,7 +224,12 @@ async def _serve_on(
             Http2Settings(max_streams=config.max_streams, keep_alive=hconfig.keep_alive_timeout),
             hconfig.create_ssl_context(),
         )
-        binds = await nursery.start(partial(acceptor.serve, config.host, config.port))
+        binds = await nursery.start(
+            partial(acceptor.serve, config.host, config.port, reuse_port=config.reuse_port)
+        )
+        if services.membership is not None:
+            # In the ring of the processes sharing this Redis once it serves.
+            await nursery.start(services.membership.run)
         log.info("voxer-stream serving on %s (data in %s)", ", ".join(binds), config.data_dir)
         task_status.started(binds)
         if shutdown is None:

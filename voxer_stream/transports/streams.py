@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
+from ..bus import Membership
 from ..pipeline import Hub, ListenSession, UploadSession
 from ..service.contacts import Contacts
 from ..service.identity import Identity, bearer_token
@@ -51,6 +52,8 @@ class Services:
     vapid_public_key: str = ""
     #: Push endpoints over plain http on loopback: for tests and local development.
     allow_local_push: bool = False
+    #: The ring of server processes sharing a Redis (``serve --redis``), if any.
+    membership: Membership | None = None
 
     def push_endpoint_allowed(self, endpoint: str) -> bool:
         """https only (a push service is a public HTTPS endpoint, RFC 8030), or http
