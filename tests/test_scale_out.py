@@ -276,3 +276,4 @@ async def test_three_workers_lose_one_mid_message_and_nothing_is_lost(
                 if all(victim[0] not in ring for _, ring in views):
                     break
                 await trio.sleep(0.2)
+        assert service.stop() == 0  # SIGTERM: every worker stops gracefully
