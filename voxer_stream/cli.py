@@ -145,8 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.redis is None:
             raise CliError("--workers needs --redis (the workers meet there)")
-        if args.storage != "sqlite":
-            raise CliError("--workers needs --storage sqlite (one store for all)")
+        if args.storage not in ("sqlite", "cassandra"):
+            raise CliError("--workers needs a store they share (sqlite or cassandra)")
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         raw: list[str] = args.raw_argv
         argv = raw[raw.index("serve") + 1 :]
@@ -183,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_local_push=args.allow_local_push,
         redis_url=args.redis,
         reuse_port=args.reuse_port,
+        cassandra_hosts=args.cassandra_hosts,
     )
     trio.run(_serve, config)
     return 0
@@ -445,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     serve.add_argument(
         "--storage",
-        choices=["sqlite", "memory"],
+        choices=["sqlite", "memory", "cassandra"],
         default="sqlite",
         help="memory keeps nothing across restarts: only for measuring what storage costs",
     )
@@ -500,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-local-push",
         action="store_true",
         help="accept Web Push endpoints over http on 127.0.0.1 (tests, development)",
+    )
+    serve.add_argument(
+        "--cassandra-hosts",
+        default="127.0.0.1",
+        metavar="HOSTS",
+        help="host[:port],... of Cassandra/ScyllaDB nodes, for --storage cassandra",
     )
     serve.add_argument(
         "--workers",

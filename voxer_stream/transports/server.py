@@ -73,6 +73,8 @@ class ServerConfig:
     #: A Redis shared with other server processes on the same store (``redis://...``):
     #: timeline wake-ups and presence cross processes through it (issue 7).
     redis_url: str | None = None
+    #: "host[:port],..." of Cassandra/ScyllaDB nodes, for storage="cassandra".
+    cassandra_hosts: str = "127.0.0.1"
     #: Bind with SO_REUSEPORT, so that several processes share the port (``--workers``).
     reuse_port: bool = False
     #: A WHIP session quiet for this long closes its message (VXS-12-4).
@@ -145,9 +147,13 @@ async def run_server(
             # and its syncs cost, measured side by side with "sqlite".
             log.warning("storage in memory: acknowledged chunks do NOT survive this process")
             where = scratch.enter_context(tempfile.TemporaryDirectory(dir=RAM_DIR))
-            opened = open_store(where, synchronous="OFF")
+            opened: Store = open_store(where, synchronous="OFF")
         elif config.storage == "sqlite":
             opened = open_store(config.data_dir, synchronous=config.synchronous)
+        elif config.storage == "cassandra":
+            from ..store.cassandra import open_cassandra_store
+
+            opened = open_cassandra_store(config.cassandra_hosts)
         else:
             raise ValueError(f"unknown storage {config.storage!r}")
         await _serve(config, opened, shutdown, task_status)
