@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -224,3 +225,20 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def vapid() -> Any:
+    """A fresh VAPID key (Web Push, RFC 8292) for the push tests."""
+    from voxer_stream.service.webpush import Vapid
+
+    return Vapid.generate()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    """A local push service and user agent that check VAPID and decrypt."""
+    from conformance.push_receiver import PushReceiver
+
+    async with PushReceiver.start() as push_service:
+        yield push_service

@@ -38,17 +38,6 @@ NOW = 1_700_000_000_000
 
 
 @pytest.fixture
-def vapid() -> Vapid:
-    return Vapid.generate()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[PushReceiver]:
-    async with PushReceiver.start() as receiver:
-        yield receiver
-
-
-@pytest.fixture
 async def sender(vapid: Vapid, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PushSender]:
     # The sender's own client honours proxy variables; none may send 127.0.0.1 elsewhere.
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):

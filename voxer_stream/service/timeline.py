@@ -307,9 +307,3 @@ class Timeline:
             for peer in peers:
                 found |= peer.sessions.get(account_id, frozenset())
         return frozenset(found)
-
-    def session_online(self, session_id: str) -> bool:
-        """Whether that device holds a sync open now, anywhere: it then needs no push."""
-        if self._sessions.get(session_id, 0) > 0:
-            return True
-        return any(session_id in s for p in self._live_peers() for s in p.sessions.values())
