@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 import trio
@@ -385,6 +386,106 @@ class StoreContract:
         await store.close_message(m.id, 0, 0)
         stored = await store.create_message(m)
         assert stored.state == "closed"
+
+    # -- live_messages -----------------------------------------------------------------
+
+    async def test_live_messages_empty_store(self, store: Store) -> None:
+        assert await store.live_messages() == []
+        assert await store.live_messages(after="msg-a", limit=10) == []
+
+    async def test_live_messages_lists_the_live_ones_in_id_order(self, store: Store) -> None:
+        await store.create_thread(thread(1, {"acc-1"}))
+        await store.create_thread(thread(2, {"acc-1"}))
+        # Created out of id order, in two threads: the listing is by id.
+        await store.create_message(message("c", "thr-2", created=1_000))
+        await store.create_message(message("a", "thr-1", created=3_000))
+        await store.create_message(message("b", "thr-1", created=2_000))
+        await store.close_message("msg-b", 0, 0)
+        assert await store.live_messages() == ["msg-a", "msg-c"]
+
+    async def test_live_messages_drops_a_closed_one(self, store: Store) -> None:
+        await store.create_thread(thread(1, {"acc-1"}))
+        await store.create_message(message("a", "thr-1"))
+        await store.create_message(message("b", "thr-1"))
+        await store.append_chunks("msg-a", chunks(0, 3))
+        assert await store.live_messages() == ["msg-a", "msg-b"]
+        await store.close_message("msg-a", 3, 3 * FRAME)
+        assert await store.live_messages() == ["msg-b"]
+        await store.close_message("msg-a", 3, 3 * FRAME)  # closing twice changes nothing
+        assert await store.live_messages() == ["msg-b"]
+        await store.close_message("msg-b", 0, 0)
+        assert await store.live_messages() == []
+
+    async def test_live_messages_pages_with_after_and_limit(self, store: Store) -> None:
+        await store.create_thread(thread(1, {"acc-1"}))
+        ids = [f"msg-{n:02d}" for n in range(12)]
+        for n in (7, 0, 11, 3, 5, 9, 1, 10, 2, 8, 6, 4):  # any order of creation
+            await store.create_message(message(f"{n:02d}", "thr-1"))
+        for n in (4, 8):
+            await store.close_message(f"msg-{n:02d}", 0, 0)
+        live = [i for i in ids if i not in ("msg-04", "msg-08")]
+        assert await store.live_messages() == live
+        assert await store.live_messages(limit=3) == live[:3]
+        assert await store.live_messages(after=live[2], limit=3) == live[3:6]
+        # ``after`` need not be a listed id, nor an existing one: ids greater than it.
+        assert await store.live_messages(after="msg-04", limit=2) == ["msg-05", "msg-06"]
+        assert await store.live_messages(after="msg-075") == ["msg-09", "msg-10", "msg-11"]
+        assert await store.live_messages(after="msg-11") == []
+        assert await store.live_messages(after="msg-zz") == []
+        assert await store.live_messages(limit=0) == []
+        # Paged to the end, every live id once, in order.
+        pages: list[list[str]] = []
+        after = ""
+        while True:
+            page = await store.live_messages(after=after, limit=4)
+            pages.append(page)
+            if len(page) < 4:
+                break
+            after = page[-1]
+        assert [len(p) for p in pages] == [4, 4, 2]
+        assert [i for p in pages for i in p] == live
+
+    async def test_live_messages_never_lists_text_messages(self, store: Store) -> None:
+        await store.create_thread(thread(1, {"acc-1"}))
+        text = MessageRecord(
+            id="msg-t",
+            thread_id="thr-1",
+            sender="acc-1",
+            codec="",
+            created=2_000,
+            state="closed",  # as the service creates them (VXS-13.3-1)
+            kind="text",
+            body='{"text": "hello"}',
+        )
+        where = replace(text, id="msg-l", kind="location", body='{"lat": 52.5, "lon": 13.4}')
+        for record in (text, where):
+            assert (await store.create_message(record)).state == "closed"
+        await store.create_message(message("audio", "thr-1"))
+        assert await store.live_messages() == ["msg-audio"]
+
+    async def test_live_messages_after_creating_again(self, store: Store) -> None:
+        await store.create_thread(thread(1, {"acc-1"}))
+        m = await store.create_message(message("a", "thr-1"))
+        await store.create_message(m)  # ingest replays a create: still listed once
+        assert await store.live_messages() == ["msg-a"]
+        await store.close_message(m.id, 0, 0)
+        stored = await store.create_message(m)  # a create after the close: stays closed
+        assert stored.state == "closed"
+        assert await store.live_messages() == []
+
+    async def test_live_messages_survive_a_reopen(self, store_factory: StoreFactory) -> None:
+        # What the process taking over a dead one's messages reads: a new store.
+        async with store_factory() as store:
+            await store.create_thread(thread(1, {"acc-1"}))
+            for n in ("a", "b", "c"):
+                await store.create_message(message(n, "thr-1"))
+            await store.append_chunks("msg-b", chunks(0, 2))
+            await store.close_message("msg-c", 0, 0)
+        async with store_factory() as store:
+            assert await store.live_messages() == ["msg-a", "msg-b"]
+            await store.close_message("msg-a", 0, 0)
+        async with store_factory() as store:
+            assert await store.live_messages() == ["msg-b"]
 
     # -- seq_at_ts ---------------------------------------------------------------------
 

@@ -17,9 +17,11 @@ import ast
 import inspect
 import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -27,7 +29,7 @@ import trio
 from store_contract import StoreContract, StoreFactory
 from store_service_contract import ServiceStoreContract
 
-from voxer_stream.store import StoredChunk, StoreError
+from voxer_stream.store import MessageRecord, StoredChunk, StoreError
 from voxer_stream.store import cassandra as cassandra_module
 from voxer_stream.store import cassandra_schema as schema
 from voxer_stream.store.cassandra import CassandraStore, open_cassandra_store, parse_hosts
@@ -208,6 +210,14 @@ class Tokens:
         return self.i >= len(self.items)
 
 
+#: The table options the schema may set (numeric ones), and what a sane value is.
+TABLE_OPTIONS = {
+    # Shorter than the default 10 days only where readers verify the rows (a tombstone
+    # a replica missed may resurrect a row), and never 0 (that also drops hints).
+    "gc_grace_seconds": lambda v: 600 <= v <= 864_000,
+}
+
+
 @dataclass
 class Table:
     name: str
@@ -264,15 +274,25 @@ def parse_create_table(cql: str) -> Table:
     assert not (table.statics & set(table.key)), f"{table.name}: a static key column"
     assert not table.statics or table.clustering, f"{table.name}: static columns need clustering"
     if t.keyword("WITH"):
-        t.expect("CLUSTERING", "ORDER", "BY", "(")
-        order = []
         while True:
-            order.append(t.name())
-            assert t.take().upper() in ("ASC", "DESC")
-            if t.keyword(")"):
+            if t.keyword("CLUSTERING", "ORDER", "BY", "("):
+                order = []
+                while True:
+                    order.append(t.name())
+                    assert t.take().upper() in ("ASC", "DESC")
+                    if t.keyword(")"):
+                        break
+                    t.expect(",")
+                assert order == table.clustering, f"{table.name}: clustering order {order}"
+            else:
+                option = t.name()
+                assert option in TABLE_OPTIONS, f"{table.name}: table option {option!r}"
+                t.expect("=")
+                value = t.take()
+                assert re.fullmatch(r"\d+", value), f"{table.name}: {option} = {value!r}"
+                assert TABLE_OPTIONS[option](int(value)), f"{table.name}: {option} = {value}"
+            if not t.keyword("AND"):
                 break
-            t.expect(",")
-        assert order == table.clustering, f"{table.name}: clustering order {order}"
     assert t.done(), f"trailing {t.rest()!r} in {cql!r}"
     return table
 
@@ -494,6 +514,27 @@ def test_the_schema_parses(tables: dict[str, Table]) -> None:
     assert tables["event_dedupe"].partition == ["account_id", "dedupe"]
     assert tables["direct_pairs"].partition == ["pair"]
     assert tables["media_parts"].clustering == ["part"]
+    # live_messages: a few partitions (shards), each holding its live ids in order.
+    assert tables["live_messages"].partition == ["shard"]
+    assert tables["live_messages"].clustering == ["id"]
+    assert tables["live_messages"].columns == {"shard": "int", "id": "text"}
+    # Added by its own migration step, after the first: a keyspace at 1 gets it.
+    steps = [n for n, step in enumerate(schema.MIGRATIONS) for s in step if "live_messages" in s]
+    assert steps == [1]
+
+
+def test_live_shards_are_stable_and_spread() -> None:
+    # Every process must put an id in the same shard: no ``hash()`` (salted per run).
+    code = "from voxer_stream.store.cassandra_schema import live_shard; print(live_shard('m-7'))"
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert int(other) == schema.live_shard("m-7")
+    counts = [0] * schema.LIVE_SHARDS
+    for n in range(1600):
+        counts[schema.live_shard(f"msg-{n:08x}")] += 1
+    assert schema.LIVE_SHARDS == 16
+    assert min(counts) > 50 and max(counts) < 150  # about 100 each
 
 
 def test_the_checker_catches_mistakes(tables: dict[str, Table]) -> None:
@@ -523,6 +564,14 @@ def test_the_checker_catches_mistakes(tables: dict[str, Table]) -> None:
             "CREATE TABLE IF NOT EXISTS t (a text, b int, PRIMARY KEY (a, b))"
             " WITH CLUSTERING ORDER BY (a DESC)"
         )
+    for options in ("gc_grace_seconds = 0", "no_such_option = 1", "gc_grace_seconds = 'x'"):
+        with pytest.raises(AssertionError):
+            parse_create_table(f"CREATE TABLE IF NOT EXISTS t (a text PRIMARY KEY) WITH {options}")
+    both = parse_create_table(
+        "CREATE TABLE IF NOT EXISTS t (a text, b int, PRIMARY KEY (a, b))"
+        " WITH CLUSTERING ORDER BY (b DESC) AND gc_grace_seconds = 3600"
+    )
+    assert both.clustering == ["b"]
 
 
 def test_every_statement_fits_the_schema(statements: dict[str, Statement]) -> None:
@@ -761,6 +810,143 @@ async def test_a_closed_store_refuses_work() -> None:
     with pytest.raises(StoreError):
         await store.append_chunks("msg-1", [StoredChunk(seq=0, ts=0, duration=1, packets=())])
     await store.aclose()  # closing what never opened is fine
+
+
+# -- live_messages without a node: the store's code over a fake request layer ---------------
+
+
+class FakeRequests:
+    """The statements creating, closing and listing audio messages run, on dicts, in
+    place of the store's request layer (``_lwt``, ``_exec``, ``_rows``): the code above
+    it (orders of writes, the merge of the shards, the check of each row) runs as is."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.live: set[tuple[int, str]] = set()
+        self.log: list[tuple[str, str]] = []  # (statement, message id)
+
+    async def lwt(self, name: str, params: Any = ()) -> tuple[bool, dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        assert name == "message_insert", name
+        columns = ("id", "thread_id", "sender", "codec", "created", "kind", "body")
+        columns += ("directed_to", "forwarded_from", "media_id", "recalled")
+        self.log.append((name, params[0]))
+        if params[0] in self.messages:
+            return False, {"[applied]": False}
+        row = dict(zip(columns, params, strict=True))
+        self.messages[params[0]] = row | {"state": None, "chunks": None, "duration": None}
+        return True, {"[applied]": True}
+
+    async def execute(self, name: str, params: Any = ()) -> None:
+        await trio.lowlevel.checkpoint()
+        if name == "message_progress":
+            state, chunks, duration, message_id = params
+            self.messages[message_id].update(state=state, chunks=chunks, duration=duration)
+        elif name in ("live_insert", "live_delete"):
+            shard, message_id = params
+            assert shard == schema.live_shard(message_id)
+            (self.live.add if name == "live_insert" else self.live.discard)((shard, message_id))
+        else:
+            assert name in ("message_index_insert", "search_insert"), name
+            return
+        self.log.append((name, params[-1]))
+
+    async def rows(self, name: str, params: Any = (), **options: Any) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        if name == "message_get":
+            row = self.messages.get(params[0])
+            return [] if row is None else [dict(row)]
+        if name == "participant_list":
+            return []
+        assert name == "live_page", name
+        shard, after, limit = params
+        ids = sorted(i for s, i in self.live if s == shard and i > after)
+        self.log.append((name, str(shard)))
+        return [{"id": i} for i in ids[:limit]]
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> tuple[CassandraStore, FakeRequests]:
+    store = open_cassandra_store("127.0.0.1")
+    fake = FakeRequests()
+    monkeypatch.setattr(store, "_lwt", fake.lwt)
+    monkeypatch.setattr(store, "_exec", fake.execute)
+    monkeypatch.setattr(store, "_rows", fake.rows)
+    monkeypatch.setattr(store, "_open", True)
+    return store, fake
+
+
+def live_audio(message_id: str) -> MessageRecord:
+    return MessageRecord(
+        id=message_id, thread_id="thr-1", sender="acc-1", codec="opus", created=1, state="live"
+    )
+
+
+async def test_offline_live_rows_follow_create_and_close(
+    offline: tuple[CassandraStore, FakeRequests],
+) -> None:
+    store, fake = offline
+    await store.create_message(live_audio("msg-a"))
+    text = replace(live_audio("msg-t"), state="closed", kind="text", body='{"text": "hi"}')
+    await store.create_message(text)
+    writes = [entry for entry in fake.log if entry[0] != "message_index_insert"]
+    # The row before the state (a crash between leaves a row readers skip, never a live
+    # message unlisted); none for a message created closed.
+    assert writes[:3] == [
+        ("message_insert", "msg-a"),
+        ("live_insert", "msg-a"),
+        ("message_progress", "msg-a"),
+    ]
+    assert ("live_insert", "msg-t") not in writes
+    assert await store.live_messages() == ["msg-a"]
+    fake.log.clear()
+    await store.create_message(live_audio("msg-a"))  # a replayed create: nothing listed twice
+    assert ("live_insert", "msg-a") not in fake.log
+    await store.close_message("msg-a", 0, 0)
+    # The state before the row goes: a crash between leaves a row readers skip.
+    assert fake.log[-2:] == [("message_progress", "msg-a"), ("live_delete", "msg-a")]
+    assert fake.live == set()
+    assert await store.live_messages() == []
+    await store.create_message(live_audio("msg-a"))  # created again after its close
+    assert fake.live == set()
+    assert await store.live_messages() == []
+
+
+async def test_offline_a_create_cut_short_is_finished_listed(
+    offline: tuple[CassandraStore, FakeRequests],
+) -> None:
+    store, fake = offline
+    await fake.lwt("message_insert", store._message_values(live_audio("msg-x")))
+    assert fake.messages["msg-x"]["state"] is None  # crashed right after its LWT
+    await store.create_message(live_audio("msg-x"))  # the retry finishes it
+    assert fake.messages["msg-x"]["state"] == "live"
+    assert await store.live_messages() == ["msg-x"]
+
+
+async def test_offline_live_messages_merge_the_shards_and_skip_stale_rows(
+    offline: tuple[CassandraStore, FakeRequests],
+) -> None:
+    store, fake = offline
+    ids = [f"msg-{n:03d}" for n in range(60)]
+    for message_id in reversed(ids):
+        await store.create_message(live_audio(message_id))
+    assert len({schema.live_shard(i) for i in ids}) == schema.LIVE_SHARDS  # all are used
+    # Closes cut short after the state (rows left behind), in a run long enough to
+    # fill whole pages: the listing reads on until it has ``limit`` live ones.
+    stale = set(ids[10:30]) | {ids[0], ids[59]}
+    for message_id in stale:
+        fake.messages[message_id]["state"] = "closed"
+    live = [i for i in ids if i not in stale]
+    fake.log.clear()
+    assert await store.live_messages(limit=5) == live[:5]
+    assert len([e for e in fake.log if e[0] == "live_page"]) == schema.LIVE_SHARDS * 2
+    assert await store.live_messages(after=live[4], limit=5) == live[5:10]
+    assert await store.live_messages(after="msg-009", limit=3) == live[9:12]
+    assert await store.live_messages() == live
+    # The stale rows read were deleted: the next listing does not read them again.
+    assert {i for _, i in fake.live} == set(live)
+    assert await store.live_messages(after=live[-1]) == []
+    assert await store.live_messages(limit=0) == []
 
 
 # -- the contracts, against a real node ------------------------------------------------------

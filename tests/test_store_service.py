@@ -1,5 +1,5 @@
 """SQLiteStore and the messaging service: the service storage contract, plus what only
-this backend does (schema migration 1 -> 2, the FTS5 index, foreign keys, atomicity of
+this backend does (schema migrations 1 -> 2 -> 3, the FTS5 index, foreign keys, atomicity of
 a change and its events inside one group commit)."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ async def test_version_1_database_migrates_and_keeps_its_data(tmp_path: Path) ->
     make_v1_database(path)
     async with SQLiteStore(path) as store:
         version = await store._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
         alice = await store.get_account("acc-1")
         assert alice is not None
         assert (alice.username, alice.password_hash, alice.created) == (
@@ -205,6 +205,80 @@ async def test_migration_is_done_once(tmp_path: Path) -> None:
         t = await store.get_thread("thr-1")
         assert t is not None
         assert t.members["acc-1"].role == "member"
+
+
+# -- schema migration 2 -> 3 -------------------------------------------------------------
+
+
+def make_v2_database(path: Path) -> None:
+    """A database as the version-2 code left it: audio messages live and closed, a text
+    message (created closed), in two threads."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN")
+        for statement in (*_MIGRATIONS[0], *_MIGRATIONS[1]):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO accounts (id, username, password_hash, created)"
+            " VALUES ('acc-1', 'alice', '$argon2id$v2', 100)"
+        )
+        conn.executemany(
+            "INSERT INTO threads (id, title, created_by, created) VALUES (?, ?, 'acc-1', 300)",
+            [("thr-1", "One"), ("thr-2", "Two")],
+        )
+        conn.executemany(
+            "INSERT INTO participants (thread_id, account_id, role) VALUES (?, 'acc-1', 'admin')",
+            [("thr-1",), ("thr-2",)],
+        )
+        conn.executemany(
+            "INSERT INTO messages (id, thread_id, sender, codec, created, state, chunks,"
+            " duration, kind, body) VALUES (?, ?, 'acc-1', ?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("msg-c", "thr-1", "opus", 400, "live", 1, FRAME, "audio", None),
+                ("msg-a", "thr-2", "opus", 500, "live", 0, 0, "audio", None),
+                ("msg-b", "thr-1", "opus", 450, "closed", 1, FRAME, "audio", None),
+                ("msg-t", "thr-1", "", 460, "closed", 0, 0, "text", '{"text": "hi"}'),
+            ],
+        )
+        c = chunk(0)
+        conn.executemany(
+            "INSERT INTO chunks (message_id, seq, ts, duration, packets) VALUES (?, ?, ?, ?, ?)",
+            [(m, c.seq, c.ts, c.duration, encode_packets(c.packets)) for m in ("msg-c", "msg-b")],
+        )
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_version_2_database_migrates_and_lists_its_live_messages(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    make_v2_database(path)
+    async with SQLiteStore(path) as store:
+        version = await store._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+        assert version == SCHEMA_VERSION == 3
+
+        def index_sql(conn: sqlite3.Connection) -> str:
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'messages_live'"
+            ).fetchone()
+            return str(sql)
+
+        assert "WHERE state = 'live'" in await store._read(index_sql)
+        # The rows the old code left live are in the new index at once.
+        assert await store.live_messages() == ["msg-a", "msg-c"]
+        assert await store.live_messages(after="msg-a") == ["msg-c"]
+        # The migrated data is otherwise untouched, and the new method follows changes.
+        m = await store.get_message("msg-c")
+        assert m is not None
+        assert (m.state, m.chunks, m.duration) == ("live", 1, FRAME)
+        assert await store.read_chunks("msg-c", 0, 10) == [chunk(0)]
+        await store.close_message("msg-c", 1, FRAME)
+        await store.create_message(replace(audio("d", "thr-1", created=600), state="live"))
+        assert await store.live_messages() == ["msg-a", "msg-d"]
+    async with SQLiteStore(path) as store:  # a second open does not migrate again
+        assert await store.live_messages() == ["msg-a", "msg-d"]
 
 
 # -- the schema's own guarantees ---------------------------------------------------------

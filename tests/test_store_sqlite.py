@@ -140,7 +140,35 @@ async def test_pragmas_and_schema(store: SQLiteStore) -> None:
     assert "fts5" in tables["search_index"]
     assert "WITHOUT ROWID" in tables["chunks"]
     version = await store._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
+
+
+LIVE_QUERY = "SELECT id FROM messages WHERE state = 'live' AND id > ? ORDER BY id LIMIT ?"
+
+
+async def test_live_messages_uses_the_partial_index(store: SQLiteStore) -> None:
+    # The query live_messages runs (the test fails if the two drift apart), and its plan:
+    # a search of the partial index from ``after``, no scan of messages, no sort.
+    assert LIVE_QUERY in inspect.getsource(SQLiteStore.live_messages)
+    await store.create_thread(thread(1, {"acc-1"}))
+    for n in range(50):
+        await store.create_message(message(n, "thr-1"))
+        if n % 5:
+            await store.close_message(f"msg-{n}", 0, 0)
+
+    def plan(conn: sqlite3.Connection) -> list[str]:
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + LIVE_QUERY, ("", 10))]
+
+    def indexed(conn: sqlite3.Connection) -> int:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM messages INDEXED BY messages_live WHERE state = 'live'"
+        ).fetchone()
+        return int(n)
+
+    (step,) = await store._read(plan)
+    assert step.startswith("SEARCH messages USING ") and "INDEX messages_live (id>?)" in step
+    assert await store._read(indexed) == 10  # only the live rows are in the index
+    assert len(await store.live_messages()) == 10
 
 
 async def test_synchronous_normal(tmp_path: Path) -> None:

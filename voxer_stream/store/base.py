@@ -318,6 +318,15 @@ class Store(Protocol):
         """Mark the message closed with its final count and duration. Durable on return;
         ``NotFound`` if the message does not exist."""
 
+    async def live_messages(self, *, after: str = "", limit: int = 1000) -> list[str]:
+        """The ids of messages still live (state 'live'), in id order, greater than
+        ``after`` (paging), at most ``limit``. Why: when a server process dies, the process
+        that now owns its messages (by the consistent-hash ring of issue 7) finds the ones
+        left live and closes them once abandoned.
+
+        Only audio messages are ever live (text, image and location messages are created
+        closed). Ids compare as their UTF-8 bytes (code points), in every backend."""
+
     async def read_chunks(self, message_id: str, from_seq: int, limit: int) -> list[StoredChunk]:
         """Up to ``limit`` stored chunks with seq >= ``from_seq``, in seq order."""
 

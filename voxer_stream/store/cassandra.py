@@ -77,6 +77,11 @@ this rule on the statements.)
   diacritics (FTS5: ``unicode61 remove_diacritics 2``, which also splits at ``_``); a
   quoted phrase needs its words, not their adjacency; ``rank`` is a stable 63-bit hash
   of the entry. Cost: one partition read per thread of the viewer.
+* *Live messages* (``live_messages``, a partial index in SQLite): a ``live_messages``
+  row per live message, in one of 16 partitions by a hash of its id, clustered by id;
+  written before the message's state is set 'live', deleted after it is set 'closed'.
+  A listing reads the 16 partitions from ``after`` and merges them; each id is checked
+  against the message (a closed one's row, left by a crash, is skipped and deleted).
 * *Direct threads, usernames, push endpoints*: uniqueness is a claim row taken with
   ``IF NOT EXISTS`` before the row it protects; a claim left by a crashed create (its
   target missing for over a minute) is taken over with a CAS.
@@ -164,6 +169,7 @@ from .cassandra_schema import (
     BOOTSTRAP,
     BUCKET_CAPACITY,
     BUCKET_SPAN_MS,
+    LIVE_SHARDS,
     MEDIA_PART_SIZE,
     MIGRATION_STATEMENTS,
     MIGRATIONS,
@@ -172,6 +178,7 @@ from .cassandra_schema import (
     bucket_of,
     index_keys,
     keyspace_ddl,
+    live_shard,
     lookup_key,
     matches,
     parse_query,
@@ -1419,6 +1426,7 @@ class CassandraStore:
             if row["state"] is None:
                 # A create cut short after its LWT: finish it (but no events: they
                 # are only ever appended by the create that inserted the row).
+                await self._list_live(message)
                 await self._exec(
                     "message_progress",
                     (message.state, message.chunks, message.duration, message.id),
@@ -1428,6 +1436,7 @@ class CassandraStore:
                 )
             await self._index_message(stored)
             return stored
+        await self._list_live(message)
         await self._exec(
             "message_progress", (message.state, message.chunks, message.duration, message.id)
         )
@@ -1435,6 +1444,12 @@ class CassandraStore:
         await self._fan_out_unread(message)
         await self._append_events(events)
         return message
+
+    async def _list_live(self, message: MessageRecord) -> None:
+        """A live message's ``live_messages`` row, written *before* its state: a crash
+        in between leaves a row that readers skip, never a live message unlisted."""
+        if message.state == "live":
+            await self._exec("live_insert", (live_shard(message.id), message.id))
 
     async def create_message(
         self, message: MessageRecord, events: Sequence[NewEvent] = ()
@@ -1523,8 +1538,54 @@ class CassandraStore:
             if await self._get_message(message_id) is None:
                 raise NotFound(f"message {message_id!r}")
             await self._exec("message_progress", ("closed", chunks, duration, message_id))
+            # After the state: a crash in between leaves a row that readers skip (and
+            # delete). Always, not only when it was live: a retry finishes the job.
+            await self._exec("live_delete", (live_shard(message_id), message_id))
 
         await self._write(op)
+
+    async def live_messages(self, *, after: str = "", limit: int = 1000) -> list[str]:
+        # Each shard's first ``want`` ids after the cursor, merged: the first ``want`` of
+        # the merge are the first ``want`` overall. Each id is then checked against its
+        # message (the index may hold rows of closed messages: a crashed close, a write
+        # reordered by clock skew, a resurrected tombstone); those are skipped, deleted,
+        # and the next ids read, so a short answer still means "no more".
+        if limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        found: list[str] = []
+        cursor = after
+        while len(found) < limit:
+            want = limit - len(found)
+            pages = await self._gather(
+                [self._thunk_live_page(shard, cursor, want) for shard in range(LIVE_SHARDS)]
+            )
+            ids = sorted(i for page in pages for i in page)[:want]
+            if not ids:
+                break
+            records = await self._gather([self._thunk_message(i) for i in ids])
+            stale = []
+            for message_id, record in zip(ids, records, strict=True):
+                if record is not None and record.state == "live":
+                    found.append(message_id)
+                elif record is not None:
+                    stale.append(message_id)
+                # (None: a row without its message, which never happens: the message's
+                # LWT comes first. Left alone.)
+            await self._each(("live_delete", (live_shard(i), i)) for i in stale)
+            if len(ids) < want:
+                break  # every shard gave fewer than asked: none has more
+            cursor = ids[-1]
+        return found
+
+    async def _live_page(self, shard: int, after: str, limit: int) -> list[str]:
+        rows = await self._rows("live_page", (shard, after, limit), fetch_size=min(limit, 1000))
+        return [r["id"] for r in rows]
+
+    def _thunk_live_page(
+        self, shard: int, after: str, limit: int
+    ) -> Callable[[], Awaitable[list[str]]]:
+        return lambda: self._live_page(shard, after, limit)
 
     async def read_chunks(self, message_id: str, from_seq: int, limit: int) -> list[StoredChunk]:
         if limit <= 0:

@@ -14,9 +14,9 @@ Conventions the statements follow (see ``cassandra.py`` for why):
   on one cell lets clock skew reorder them.
 * Lookup tables (``accounts_by_username``, ``direct_pairs``, ``push_by_endpoint``,
   ``sessions_by_account``, ``threads_by_account``, ``avatars``, ``media_messages``,
-  ``messages_by_thread``, ``search_terms``, ``unread``) are indexes: readers verify what
-  they find against the row they point to, so an index row left behind by a crash or a
-  race is harmless.
+  ``messages_by_thread``, ``search_terms``, ``unread``, ``live_messages``) are indexes:
+  readers verify what they find against the row they point to, so an index row left
+  behind by a crash or a race is harmless.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "BUCKET_CAPACITY",
     "BUCKET_SHIFT",
     "BUCKET_SPAN_MS",
+    "LIVE_SHARDS",
     "MEDIA_PART_SIZE",
     "MIGRATIONS",
     "PREFIX_MAX",
@@ -41,6 +42,7 @@ __all__ = [
     "bucket_of",
     "index_keys",
     "keyspace_ddl",
+    "live_shard",
     "parse_query",
     "position",
     "rank_of",
@@ -78,6 +80,23 @@ def position(account_id: str, bucket: int, n: int) -> int:
 
 def bucket_of(pos: int) -> int:
     return max(pos, 0) >> BUCKET_SHIFT
+
+
+# -- live messages -------------------------------------------------------------------------
+
+#: ``live_messages`` is partitioned by ``live_shard(id)``, 0 .. LIVE_SHARDS - 1. Not one
+#: partition: every create and close of an audio message in the cluster would hit the
+#: same replicas, and its tombstones (one per close) would pile up in one place. Not a
+#: partition per message: then listing them would be a full scan. Sixteen bounds each
+#: partition to a sixteenth of what is live (plus recent tombstones), and one listing
+#: reads sixteen partitions, concurrently.
+LIVE_SHARDS: Final = 16
+
+
+def live_shard(message_id: str) -> int:
+    """A stable hash of the id (not ``hash()``, which differs between processes)."""
+    digest = hashlib.blake2b(message_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % LIVE_SHARDS
 
 
 # -- media ---------------------------------------------------------------------------------
@@ -454,6 +473,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (account_id, id)
         )""",
     ),
+    # 2: the messages left live (``live_messages``: what a process takes over from a
+    # dead one, issue 7), an index by state that Cassandra cannot query otherwise. A
+    # message's row goes in before its state is written 'live' and out after it is
+    # written 'closed', so a crash leaves a row too many, never one too few; readers
+    # check each row against messages.state. That check also makes a resurrected
+    # tombstone harmless, hence the short gc_grace_seconds: closes delete rows all day,
+    # and a listing reads past the tombstones of its partition until they are purged.
+    # (A message live while its keyspace goes from 1 to 2 has no row here and is not
+    # listed: migrate with no message live.)
+    (
+        """CREATE TABLE IF NOT EXISTS live_messages (
+            shard int,
+            id text,
+            PRIMARY KEY (shard, id)
+        ) WITH gc_grace_seconds = 3600""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -614,6 +649,10 @@ STATEMENTS: Final[dict[str, str]] = {
         "SELECT created, message_id, sender, directed_to FROM messages_by_thread"
         " WHERE thread_id = ?"
     ),
+    # live messages (one partition a shard, ids in order)
+    "live_insert": "INSERT INTO live_messages (shard, id) VALUES (?, ?)",
+    "live_delete": "DELETE FROM live_messages WHERE shard = ? AND id = ?",
+    "live_page": "SELECT id FROM live_messages WHERE shard = ? AND id > ? LIMIT ?",
     # chunks
     "chunk_insert": (
         "INSERT INTO chunks (message_id, seq, ts, duration, packets) VALUES (?, ?, ?, ?, ?)"
