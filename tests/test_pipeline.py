@@ -580,6 +580,31 @@ async def test_idle_upload_times_out_and_stays_resumable(tmp_path: Path) -> None
         assert record is not None and record.state == "live"
 
 
+async def test_a_message_left_live_by_a_stopped_server_is_closed_after_restart(
+    tmp_path: Path,
+) -> None:
+    """VXS-5.7-3 across a restart: a message live in the store when the server stopped
+    is taken back at start and closed once abandoned, with the chunks it has stored,
+    though nobody talks or listens to it."""
+    async with running_hub(tmp_path) as (store, hub, nursery):
+        talker = Talker(Harness(hub, nursery))
+        await talker.connect()
+        for seq in range(2):
+            await talker.chunk(opus_chunk(seq))
+        await wait_until(lambda: talker.absorb() or talker.client.acked == 1)
+    async with (
+        SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL") as store,
+        trio.open_nursery() as nursery,
+    ):
+        hub = Hub(store, nursery, abandon_after=0.5)
+        nursery.start_soon(hub.run_abandon_watchdog)
+        with trio.fail_after(5):
+            while (record := await store.get_message(OPEN.msg)) and record.state == "live":
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert record is not None and (record.state, record.chunks) == ("closed", 2)
+
+
 async def test_abandoned_live_message_is_closed(tmp_path: Path) -> None:
     """VXS-5.7-3: no talker for ``abandon_after``: the server closes the message with the
     chunks it has, and a listener waiting at the live edge gets its end."""

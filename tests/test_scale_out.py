@@ -1,5 +1,7 @@
-"""Two server processes on one store and one Redis (issue 7, first part): a change made
-on one wakes the long-polls and streams held on the other, and presence is one view."""
+"""Server processes on one store and one Redis (issue 7): a change made on one wakes the
+long-polls and streams held on the others, presence is one view, and a live message is
+owned by the process the ring names for it, whichever process its talker and listeners
+are on, and whichever of them dies."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +19,10 @@ import trio
 from conftest import make_thread, make_user, server_process
 from service_api import Device, login, register
 
+from voxer_stream.bus import Ring
 from voxer_stream.client import (
     ConnectionLost,
+    H2ConnectionError,
     ListenInterrupted,
     ListenResult,
     Rest,
@@ -277,3 +282,185 @@ async def test_three_workers_lose_one_mid_message_and_nothing_is_lost(
                     break
                 await trio.sleep(0.2)
         assert service.stop() == 0  # SIGTERM: every worker stops gracefully
+
+
+async def health(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer: dict[str, Any] = (await http.get("/v1/health")).json()
+        return answer
+
+
+async def ring_of(*urls: str) -> list[str]:
+    """Each process's member name, once every one of them sees all the others."""
+    with trio.fail_after(10):
+        while True:
+            views = [await health(url) for url in urls]
+            names = [view["member"] for view in views]
+            if all(sorted(view["members"]) == sorted(names) for view in views):
+                return names
+            await trio.sleep(0.1)
+
+
+def owned_by(owner: str, members: list[str], prefix: str) -> str:
+    """A message id the ring gives to ``owner``."""
+    ring = Ring(members)
+    return next(f"{prefix}-{n}" for n in range(1000) if ring.owner(f"{prefix}-{n}") == owner)
+
+
+async def test_the_ring_owner_holds_a_message_and_its_death_costs_nothing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """3 processes: the talker on A, listeners on A and B, the message hashed to C.
+    C (not A) commits it; C is SIGKILLed mid-message: the talker on A goes on without
+    even reconnecting, A or B takes the message over, every listener gets every chunk
+    once, the stored message is whole, and the ring drops C."""
+    packets = tone_packets(tmp_path, 4.0)
+    chunks = chunks_from_packets(packets, 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url)
+    with (
+        server_process(data, *options) as a,
+        server_process(data, *options) as b,
+        server_process(data, *options) as c,
+    ):
+        names = await ring_of(a.url, b.url, c.url)
+        msg = owned_by(names[2], names, "m-ring")
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+        heard: dict[str, ListenResult] = {}
+        owned: dict[str, int] = {}
+
+        async def hear(name: str, url: str) -> None:
+            await trio.sleep(0.3)
+            heard[name] = await collect(url, bob.token, Listen(msg=msg))
+
+        async def look_then_kill_c() -> None:
+            await trio.sleep(1.0)
+            for name, url in (("A", a.url), ("B", b.url), ("C", c.url)):
+                owned[name] = (await health(url))["owned_messages"]
+            os.kill(c.process.pid, signal.SIGKILL)
+
+        opened = Open(msg=msg, thread=thread, created=int(time.time() * 1000))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hear, "on A", a.url)
+            nursery.start_soon(hear, "on B", b.url)
+            nursery.start_soon(look_then_kill_c)
+            closed = await talk(a.url, alice.token, opened, realtime(chunks))  # no resume
+        assert owned == {"A": 0, "B": 0, "C": 1}  # the ring's owner, not the talker's process
+        assert closed.chunks == len(chunks)
+        for name, result in heard.items():
+            assert [x.seq for x in result.chunks] == list(range(len(chunks))), name
+            assert result.chunks == chunks, name
+            assert result.end is not None and result.end.chunks == len(chunks), name
+        async with Rest(b.url, bob.token) as rest:
+            stored = await rest.message(msg)
+            audio = await rest.export(msg)
+        assert (stored["state"], stored["chunks"]) == ("closed", len(chunks))
+        assert read_ogg_opus(audio)[1] == packets
+        with trio.fail_after(5):  # the ring converges: C is gone from every view
+            while names[2] in (await health(a.url))["members"] + (await health(b.url))["members"]:
+                await trio.sleep(0.1)
+
+
+async def test_a_message_whose_process_died_with_its_talker_is_closed_by_the_ring(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The talker's process is also the message's owner, and dies; the talker never
+    comes back, and nobody listens. The ring gives the message to B, which finds it live
+    in the store with no holder and closes it once abandoned (VXS-5.7-3), keeping every
+    chunk that was acked."""
+    chunks = chunks_from_packets(tone_packets(tmp_path, 4.0), 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url, "--abandon-after", "1")
+    with server_process(data, *options) as a, server_process(data, *options) as b:
+        names = await ring_of(a.url, b.url)
+        msg = owned_by(names[0], names, "m-orphan")
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+
+        async def kill_a() -> None:
+            await trio.sleep(1.0)
+            os.kill(a.process.pid, signal.SIGKILL)
+
+        opened = Open(msg=msg, thread=thread, created=int(time.time() * 1000))
+        acked: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_a)
+            with pytest.raises((ConnectionLost, ServerError, H2ConnectionError)):
+                await talk(
+                    a.url, alice.token, opened, realtime(chunks), max_resumes=0, on_ack=acked.append
+                )
+        killed = trio.current_time()
+        # Nobody holds it now: B's reaper finds it in the store (no listener is asking).
+        async with Rest(b.url, bob.token) as rest:
+            with trio.fail_after(15):
+                while (stored := await rest.message(msg))["state"] == "live":
+                    await trio.sleep(0.1)
+        closed_after = trio.current_time() - killed
+        count = stored["chunks"]
+        assert acked and acked[-1] < count < len(chunks)  # every acked chunk is kept
+        result = await collect(b.url, bob.token, Listen(msg=msg))
+        assert result.end is not None and result.end.chunks == count
+        assert result.chunks == chunks[:count]
+        # Dropped from the ring (ttl + period), then abandoned, then the watchdog's tick.
+        assert closed_after < 4.0 + 1.0 + 1.0 + 2.0, closed_after
+
+
+async def test_a_process_that_joins_takes_its_share_of_live_messages(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """6 live messages on A and B; C starts mid-message: the 3 the new ring gives to C
+    move there (their old owner commits what it heard, then C takes them from what
+    is durable), and every talker and listener still gets exactly every chunk."""
+    chunks = chunks_from_packets(tone_packets(tmp_path, 4.0), 1)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url)
+    before, after = Ring(["a", "b"]), Ring(["a", "b", "c"])
+    ids = [f"m-join-{n}" for n in range(1000)]
+    moving = [m for m in ids if before.owner(m) != after.owner(m)][:3]
+    staying = [m for m in ids if after.owner(m) != "c"][:3]
+    msgs = moving + staying
+    assert len(msgs) == 6
+    with (
+        server_process(data, *options, "--member", "a") as a,
+        server_process(data, *options, "--member", "b") as b,
+    ):
+        await ring_of(a.url, b.url)
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+        talked: dict[str, int] = {}
+        heard: dict[str, ListenResult] = {}
+        moved: list[int] = []
+
+        async def talker(msg: str, url: str) -> None:
+            opened = Open(msg=msg, thread=thread, created=int(time.time() * 1000))
+            talked[msg] = (await talk(url, alice.token, opened, realtime(chunks))).chunks
+
+        async def hear(msg: str) -> None:
+            await trio.sleep(0.3)
+            heard[msg] = await collect(b.url, bob.token, Listen(msg=msg))
+
+        async def join_c() -> None:
+            await trio.sleep(0.8)
+            with server_process(data, *options, "--member", "c") as c:
+                await ring_of(a.url, b.url, c.url)
+                with trio.fail_after(2):
+                    while (await health(c.url))["owned_messages"] != len(moving):
+                        await trio.sleep(0.05)
+                moved.append(len(moving))
+                while len(talked) < len(msgs):
+                    await trio.sleep(0.1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(join_c)
+            for n, msg in enumerate(msgs):
+                nursery.start_soon(talker, msg, (a.url, b.url)[n % 2])
+                nursery.start_soon(hear, msg)
+        assert moved == [3]  # C took the three the new ring gives it
+        assert talked == dict.fromkeys(msgs, len(chunks))
+        for msg in msgs:
+            assert heard[msg].chunks == chunks, msg
+            assert heard[msg].end is not None and heard[msg].end.chunks == len(chunks)

@@ -147,6 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError("--workers needs --redis (the workers meet there)")
         if args.storage not in ("sqlite", "cassandra"):
             raise CliError("--workers needs a store they share (sqlite or cassandra)")
+        if args.member is not None:
+            raise CliError("--member names one process; workers are named host/pid")
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         raw: list[str] = args.raw_argv
         argv = raw[raw.index("serve") + 1 :]
@@ -182,6 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         push_subject=args.push_subject,
         allow_local_push=args.allow_local_push,
         redis_url=args.redis,
+        member=args.member,
         reuse_port=args.reuse_port,
         cassandra_hosts=args.cassandra_hosts,
     )
@@ -519,7 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         help="redis://host:port/db shared with other serve processes on the same data: "
-        "timelines and presence cross processes through it",
+        "live audio, timelines and presence cross processes through it",
+    )
+    serve.add_argument(
+        "--member",
+        metavar="NAME",
+        help="with --redis: this process's name in the ring, unique among the processes "
+        "sharing the Redis (default: HOST/PID)",
     )
     serve.set_defaults(sync_func=cmd_serve)
 

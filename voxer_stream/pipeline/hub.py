@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -90,11 +90,15 @@ class LiveMessage:
         self._uncommitted: list[StoredChunk] = []
         self._commit_wanted = trio.Event()
         self._followers: list[Follower] = []
-        #: Held by another process (issue 7): fed from the bus, never committed here.
+        #: Owned by another process (issue 7): fed from the bus (or, if its talker is
+        #: connected here, from that upload), committed by the owner, never here.
         self.mirror = False
-        #: For a message this process owns while others may listen: tells them each
-        #: chunk frame as it is published (``remote.Relay``).
+        #: While its talker is connected to this process with ``serve --redis``: tells
+        #: the owner and other processes each chunk frame as it is published
+        #: (``remote.Relay``).
         self.announce: Callable[[bytes], None] | None = None
+        #: For the owner with ``serve --redis``: told the durable count after each commit.
+        self.on_durable: Callable[[int], None] | None = None
         self.committer_scope = trio.CancelScope()
 
     @property
@@ -105,12 +109,13 @@ class LiveMessage:
         self._changed.set()
         self._changed = trio.Event()
 
-    def publish(self, chunk: StoredChunk, *, commit: bool = True) -> None:
+    def publish(self, chunk: StoredChunk, *, commit: bool = True, relayed: bool = False) -> None:
         """Append the next chunk: live listeners get it now, the committer soon (a
-        mirror's chunks are committed by their owner: ``commit=False``)."""
+        mirror's chunks are committed by their owner: ``commit=False``). A chunk that
+        came from the bus (``relayed``) is not announced again."""
         assert chunk.seq == self.next_seq and not self.closed
         frame = chunk_frame(chunk)
-        if self.announce is not None:
+        if self.announce is not None and not relayed:
             self.announce(frame)
         self.tail.append(chunk)
         self.tail_wire.append(frame)
@@ -120,13 +125,8 @@ class LiveMessage:
         if commit:
             self._uncommitted.append(chunk)
             self._commit_wanted.set()
-        elif len(self.tail) > self._tail_limit:
-            # A mirror's old chunks were committed by the owner long ago (the tail
-            # holds a minute): readers find them in the store.
-            del self.tail[0]
-            del self.tail_wire[0]
-            self.tail_start += 1
-            self.durable = max(self.durable, self.tail_start)
+        else:
+            self._trim()
         if self._followers:
             self._deliver(chunk.seq, frame)
         self._wake()
@@ -187,19 +187,27 @@ class LiveMessage:
         check, so that a change during that await is not missed."""
         return self._changed
 
-    def rewind(self, count: int, end_ts: int) -> None:
-        """Forget what is beyond the ``count`` durable chunks: a mirror taken over keeps
-        only what the store holds, and the talker re-sends the rest (same seqs, same
-        bytes: a listener that had them is past them and is not sent them again)."""
-        keep = max(0, count - self.tail_start)
-        del self.tail[keep:]
-        del self.tail_wire[keep:]
-        if count < self.tail_start:
-            self.tail_start = count
-        self.next_seq = count
-        self.durable = count
-        self.end_ts = end_ts
-        self._wake()
+    def set_durable(self, count: int) -> None:
+        """A mirror learns from the owner (or the store) that ``count`` chunks are
+        durable: its talker may be acked for them, its tail may drop them."""
+        if count > self.durable:
+            self.durable = count
+            self._trim()
+            self._wake()
+
+    def start_committer(self, store: Store, nursery: trio.Nursery) -> None:
+        """This process commits the message from now on (it owns it): first what its
+        tail holds beyond ``durable`` (heard from the bus while another owned it)."""
+        self.committer_scope = trio.CancelScope()
+        self._uncommitted = [chunk for chunk in self.tail if chunk.seq >= self.durable]
+        if self._uncommitted:
+            self._commit_wanted.set()
+        nursery.start_soon(self.run_committer, store)
+
+    def stop_committer(self) -> None:
+        """Another process owns the message now: what was not committed is its to do."""
+        self.committer_scope.cancel()
+        self._uncommitted = []
 
     def mark_closed(self) -> None:
         self.closed = True
@@ -234,6 +242,8 @@ class LiveMessage:
             self.durable = max(self.durable, batch[-1].seq + 1)
             self._trim()
             self._wake()
+            if self.on_durable is not None:
+                self.on_durable(self.durable)
 
     def _trim(self) -> None:
         """Keep at most ``tail_limit`` chunks; only durable ones are dropped."""
@@ -327,8 +337,8 @@ class Hub:
             if live is not None:
                 return live.record, live
             if self.relay is not None:
-                # Another process may hold it: listen as a mirror; a talker that
-                # opens it here takes it over (``take_over``).
+                # Another process may own it: hold a mirror of it, fed from the bus
+                # (``remote.Relay``); it becomes the owner if the ring says so.
                 return await self.relay.mirror(message_id)
             record = await self.store.get_message(message_id)
             if record is None or record.state == "closed":
@@ -342,31 +352,40 @@ class Hub:
         """Register a live message made elsewhere in this module (a mirror)."""
         self._live[live.id] = live
 
+    def held(self) -> list[LiveMessage]:
+        """Every live message this process holds (owned or mirrored)."""
+        return list(self._live.values())
+
+    def lock(self, message_id: str) -> AbstractAsyncContextManager[None]:
+        """The per-message lock ``get`` and ``close`` hold (the relay's role changes)."""
+        return self._lock(message_id)
+
     def forget(self, live: LiveMessage) -> None:
         if self._live.get(live.id) is live:
             del self._live[live.id]
 
-    async def take_over(self, live: LiveMessage) -> None:
-        """A talker opens ``live`` here: this process owns it from now on, from what the
-        store holds (``LiveMessage.rewind``)."""
-        if live.mirror and self.relay is not None:
-            self.relay.take_over(live)
-            record = await self.store.get_message(live.id)
-            if record is not None:
-                live.rewind(record.chunks, record.duration)
-            self._nursery.start_soon(live.run_committer, self.store)
+    async def attach_talker(self, live: LiveMessage) -> None:
+        """A talker's upload is attached to ``live`` here. Alone, nothing to do; with
+        ``serve --redis`` the relay announces its chunks, and tells the message's
+        owner (the ring's choice, perhaps this process) to commit them."""
+        if self.relay is not None:
+            await self.relay.attach_talker(live)
 
     async def close(self, live: LiveMessage) -> None:
-        """Commit everything, mark the message closed durably, then tell listeners."""
+        """Commit everything, mark the message closed durably, then tell listeners.
+        A message another process owns is closed by its owner, asked by the relay."""
         await live.wait_durable(live.next_seq)
         if live.store_failure is not None:
             raise live.store_failure
+        if live.mirror and self.relay is not None:
+            await self.relay.close_remote(live)
+            return
         async with self._lock(live.id):
             if live.closed:
                 return
             await self.store.close_message(live.id, live.next_seq, live.end_ts)
             live.mark_closed()
-            del self._live[live.id]
+            self.forget(live)
         if self.relay is not None:
             self.relay.announce_end(live)
         if self.activity is not None:
@@ -403,6 +422,16 @@ class Hub:
                     "a watcher of thread %s missed message %s", live.record.thread_id, live.id
                 )
 
+    async def _hold_stored_live(self) -> None:
+        after = ""
+        while True:
+            page = await self.store.live_messages(after=after, limit=500)
+            for message_id in page:
+                await self.get(message_id)
+            if len(page) < 500:
+                return
+            after = page[-1]
+
     async def raise_on_shutdown(self) -> None:
         """For a stream's nursery: fail it with SHUTTING_DOWN when the server stops."""
         await self.shutting_down.wait()
@@ -411,9 +440,13 @@ class Hub:
         )
 
     async def run_abandon_watchdog(self) -> None:
-        """Close live messages whose talker has been gone too long (VXS-5.7-3)."""
+        """Close live messages whose talker has been gone too long (VXS-5.7-3): those
+        left live when the server last stopped too, counted from now (with a relay,
+        the ring's owner of each takes them: ``Relay.rebalance``)."""
         if not math.isfinite(self.abandon_after):
             return
+        if self.relay is None:
+            await self._hold_stored_live()
         while True:
             await trio.sleep(max(1.0, self.abandon_after / 10))
             now = trio.current_time()

@@ -171,8 +171,6 @@ class UploadSession:
         current, live = await self.hub.get(frame.msg)
         assert current is not None
         self.record = current
-        if live is not None and live.mirror:
-            await self.hub.take_over(live)  # its talker moved here from another process
         if live is None:
             await self._send(self.machine.accept_open(current.chunks, closed=True))
             return None
@@ -182,7 +180,10 @@ class UploadSession:
             self.hub.announce(live)  # someone starts (or resumes) talking
         live.uploader = self._uploader
         self.live = live
-        await self._send(self.machine.accept_open(live.durable, closed=False))
+        await self.hub.attach_talker(live)
+        # The talker goes on from what is durable; a mirror may know of more durable
+        # chunks than it holds (VXS-5.2-2): it is sent them again, and compares them.
+        await self._send(self.machine.accept_open(min(live.durable, live.next_seq), closed=False))
         return live
 
     async def _after_close(self) -> None:
@@ -222,6 +223,11 @@ class UploadSession:
             await live.wait_durable(live.next_seq - MAX_UNDURABLE + 1)
         if live.store_failure is not None:
             raise ProtocolError(ErrorCode.INTERNAL_ERROR, "storage failed; resume later")
+        if live.closed:
+            # Closed by its owner meanwhile (abandoned, VXS-5.7-3, or by another upload).
+            raise ProtocolError(
+                ErrorCode.MESSAGE_CLOSED, f"message {live.id!r} is closed", "VXS-5.5-3"
+            )
         live.publish(stored)
 
     async def _compare_resent(self, live: LiveMessage, chunk: StoredChunk) -> None:

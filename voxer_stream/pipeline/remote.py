@@ -1,123 +1,359 @@
 """Live messages across server processes (``serve --redis``, issue 7).
 
-The process a talker is connected to owns the message: its hub holds the tail,
-commits the chunks and acks them. Every other process that has listeners for it holds
-a **mirror**: a ``LiveMessage`` with the same tail, fed from the bus instead of an
-upload, that the reader and every binding use unchanged.
+**The owner** of a live message is the process the ring names for its id (consistent
+hashing over the live members, ``bus.Ring``; the talker's process when it is alone). It
+holds the message's tail, commits its chunks and closes it; nobody else writes them.
+Every other process that has a talker or listeners for the message holds a **mirror**:
+a ``LiveMessage`` with the same tail, fed from the bus, that the reader and every
+binding use unchanged. All of it goes over one channel per message, ``live:<id>``:
 
-* The owner announces each chunk frame on ``live:<id>`` as it publishes it, and an
-  ``end`` frame (the final count) once the message is closed durably.
-* A mirror subscribes to ``live:<id>`` *first*, then reads the stored count (the
-  handoff of VXS-6.2-3 once more): what was published before it subscribed is in the
-  store or soon will be; what comes after, the bus brings. A chunk that arrives beyond
-  the next expected seq (the bus dropped some, or they were published before the
-  subscription) is preceded by the missing ones read from the store as they become
-  durable. Nothing is sent twice: a mirror, like a listener, is only a position.
-* If the bus fails a mirror (it fell behind, Redis went away) the mirror polls the
-  store until the message closes: slower, never wrong.
-* A talker that reconnects to another process and opens the message there takes it
-  over: that process turns its mirror into the owner and says so on
-  ``voxer:takeover``; the former owner supersedes its upload (if it still had one)
-  and turns its own copy into a mirror. Only the owner ever closes the message.
+* **Chunks** (the ``chunk`` frame of the wire) come from the process the talker is
+  connected to (its *ingress*). It validates them, publishes them to its own mirror at
+  once (its listeners do not wait for a round trip) and announces them on the channel.
+  The owner commits what it hears, in seq order, and answers every commit with a
+  **durable** count, which the ingress acks the talker from (VXS-5.3-3 across
+  processes) and mirrors trim their tails by.
+* **Owner** messages say who owns the message and from which seq it needs chunks: an
+  ingress re-announces what it holds from there. That one mechanism covers a new owner
+  (it subscribed after some chunks went by), an owner whose subscription fell behind
+  and a gap (a chunk arrived ahead of the next one it needs).
+* **Close** asks the owner to close the message with its count; the owner commits the
+  rest, closes it durably and announces an ``end`` frame (the final count), on which
+  every mirror finishes, the ingress's talker is told ``closed``.
+* A mirror that is not the ingress fills a gap from the store (once the owner commits
+  it), and polls the store if the bus fails it: slower, never wrong.
+
+How ownership moves: an ingress asks the ring's owner to take the message (on
+``voxer:own:<member>``) when its talker opens it, when the ring changes, and when its
+acks stall. When the ring changes, or every ``REAP_PERIOD``, each process gives up the
+messages the ring gives to another (after committing what it heard) and takes those it
+is given, **including messages the store says are live that no process holds** (their
+owner died with them): the new owner closes them once abandoned (VXS-5.7-3). A talker
+that reconnects elsewhere moves only the ingress (``voxer:takeover`` supersedes the old
+upload), never the owner. Nothing is ever sent twice: a mirror, like a listener, is only
+a position; a re-announced chunk below it is ignored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
-from typing import Final
+from collections.abc import AsyncGenerator, AsyncIterable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from ..bus import Bus
 from ..store.base import MessageRecord
-from ..wire import Chunk, End, ProtocolError, decode_frame, encode_frame
+from ..wire import Chunk, End, ErrorCode, ProtocolError, decode_frame, encode_frame
 from .hub import Hub, LiveMessage
 from .ingest import validate_chunk
+
+if TYPE_CHECKING:
+    from ..bus import Membership
 
 log = logging.getLogger(__name__)
 
 TAKEOVER_CHANNEL: Final = "voxer:takeover"
 #: How often a mirror without its bus looks at the store, and waits for a missing chunk.
 POLL: Final = 0.05
+#: An ingress whose durable count has not moved for this long asks for an owner again.
+STALL: Final = 1.0
+#: How often each process looks for messages it should own or give up, besides at
+#: every change of the ring (the reaper of messages left live by a dead process).
+REAP_PERIOD: Final = 10.0
+#: How long a close waits for its owner before the talker is told to resume later.
+CLOSE_WAIT: Final = 30.0
+#: The shortest interval between two "send me chunks from n" of one owner.
+REQUEST_INTERVAL: Final = 0.2
+#: Ids read from the store per page when looking for live messages.
+REAP_PAGE: Final = 500
 
 
 def live_channel(message_id: str) -> str:
     return f"live:{message_id}"
 
 
+def own_channel(member: str) -> str:
+    return f"voxer:own:{member}"
+
+
+def control(kind: str, **fields: Any) -> bytes:
+    """A control message on ``live:<id>``: JSON, so never confused with a wire frame
+    (a CBOR map, whose first byte is never ``{``)."""
+    return json.dumps({"t": kind, **fields}, separators=(",", ":")).encode()
+
+
 class Relay:
-    def __init__(self, hub: Hub, bus: Bus, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        bus: Bus,
+        nursery: trio.Nursery,
+        membership: Membership | None = None,
+        *,
+        member: str = "",
+    ) -> None:
         self.hub = hub
         self.bus = bus
-        self.process = uuid.uuid4().hex
+        self.membership = membership
+        self.member = membership.member if membership is not None else member or uuid.uuid4().hex
         self._nursery = nursery
         self._feeds: dict[str, trio.CancelScope] = {}
+        self._closing: set[str] = set()
+        self._requested: dict[str, float] = {}
 
-    # -- the owner's side --------------------------------------------------------------
+    def owner_of(self, message_id: str) -> str:
+        """The member the ring names for the message (this one while it knows no ring)."""
+        if self.membership is None:
+            return self.member
+        return self.membership.owner(message_id) or self.member
 
-    def own(self, live: LiveMessage) -> None:
+    def owned(self) -> list[str]:
+        return [live.id for live in self.hub.held() if not live.mirror]
+
+    # -- the talker's side (the ingress) ------------------------------------------------
+
+    async def attach_talker(self, live: LiveMessage) -> None:
+        """A talker opened ``live`` here: announce its chunks, supersede its upload on
+        any other process, and make sure the message has an owner."""
         channel = live_channel(live.id)
-        live.mirror = False
         live.announce = lambda frame: self.bus.publish(channel, frame)
+        self.bus.publish(
+            TAKEOVER_CHANNEL, json.dumps({"msg": live.id, "from": self.member}).encode()
+        )
+        await self._ensure_owner(live)
+        self._nursery.start_soon(self._watch_acks, live, live.uploader)
+
+    async def _ensure_owner(self, live: LiveMessage) -> None:
+        owner = self.owner_of(live.id)
+        if owner == self.member:
+            await self._promote(live)
+        elif not live.mirror:
+            await self._release(live, owner)
+        else:
+            self.bus.publish(own_channel(owner), json.dumps({"msg": live.id}).encode())
+
+    async def _watch_acks(self, live: LiveMessage, uploader: object) -> None:
+        """While this process's talker waits for acks, an owner that went quiet (it
+        died, or never heard of the message) is asked for again."""
+        last = live.durable
+        while not live.closed and live.uploader is uploader:
+            await trio.sleep(STALL)
+            if live.mirror and live.durable == last and live.next_seq > live.durable:
+                log.info("message %s: no commit for %.1f s, asking its owner", live.id, STALL)
+                await self._ensure_owner(live)
+            last = live.durable
+
+    async def close_remote(self, live: LiveMessage) -> None:
+        """Ask the owner to close the message (its talker sent ``close`` here); return
+        once it is closed, as told by the owner's ``end``."""
+        request = control("close", n=live.next_seq, end=live.end_ts)
+        with trio.move_on_after(CLOSE_WAIT):
+            while not live.closed:
+                self.bus.publish(live_channel(live.id), request)
+                with trio.move_on_after(STALL):
+                    while not live.closed:
+                        await live.changed.wait()
+                if not live.closed:
+                    await self._ensure_owner(live)
+                    if not live.mirror:  # it is ours now
+                        await self.hub.close(live)
+        if not live.closed:
+            raise ProtocolError(
+                ErrorCode.INTERNAL_ERROR, "the message's owner did not close it; resume later"
+            )
+
+    def _reannounce(self, live: LiveMessage, start: int) -> None:
+        """Send the owner the chunks it lacks, from ``start``, as the tail holds them."""
+        if start < live.tail_start:
+            log.warning("message %s: chunk %d is no longer in the tail", live.id, start)
+            start = live.tail_start
+        channel = live_channel(live.id)
+        for frame in live.tail_from(start, live.next_seq - start):
+            self.bus.publish(channel, frame)
+
+    # -- the owner's side ----------------------------------------------------------------
+
+    async def _promote(self, live: LiveMessage) -> None:
+        """This process owns ``live`` from now on: commit from what the store holds."""
+        async with self.hub.lock(live.id):
+            if not live.mirror or live.closed:
+                return
+            record = await self.hub.store.get_message(live.id)
+            if record is None or record.state == "closed":
+                if record is not None:
+                    self._finish(live, record.chunks, record.duration)
+                return
+            log.info("message %s: owned here from chunk %d", live.id, record.chunks)
+            live.mirror = False
+            live.set_durable(record.chunks)
+            channel = live_channel(live.id)
+            live.on_durable = lambda count: self.bus.publish(channel, control("durable", n=count))
+            live.last_activity = trio.current_time()
+            live.start_committer(self.hub.store, self._nursery)
+            self._ask_from(live, force=True)
+
+    async def _release(self, live: LiveMessage, owner: str) -> None:
+        """The ring gives ``live`` to ``owner``: commit what was heard, then mirror it."""
+        async with self.hub.lock(live.id):
+            if live.mirror or live.closed:
+                return
+            with trio.move_on_after(2 * STALL):
+                await live.wait_durable(live.next_seq)
+            if live.closed:
+                return
+            log.info("message %s: handed to %s", live.id, owner)
+            live.stop_committer()
+            live.on_durable = None
+            live.mirror = True
+        self.bus.publish(own_channel(owner), json.dumps({"msg": live.id}).encode())
+
+    def _ask_from(self, live: LiveMessage, *, force: bool = False) -> None:
+        """Tell the ingress to send chunks from the next one this owner needs."""
+        now = trio.current_time()
+        if force or now - self._requested.get(live.id, -math.inf) >= REQUEST_INTERVAL:
+            self._requested[live.id] = now
+            message = control("owner", by=self.member, n=live.next_seq)
+            self.bus.publish(live_channel(live.id), message)
+
+    async def _close_for_ingress(self, live: LiveMessage, count: int, end_ts: int) -> None:
+        """The ingress asked to close at ``count`` chunks: once they are all here."""
+        try:
+            while live.next_seq < count and not live.closed and not live.mirror:
+                with trio.move_on_after(STALL / 2):
+                    await live.wait_beyond(count - 1)
+                if live.next_seq < count:
+                    self._ask_from(live)
+            if live.closed:
+                end = End(chunks=live.next_seq, duration=live.end_ts)
+                self.bus.publish(live_channel(live.id), encode_frame(end))
+            elif not live.mirror:
+                live.end_ts = max(live.end_ts, end_ts)
+                await self.hub.close(live)
+        except Exception:
+            log.exception("could not close message %s", live.id)
+        finally:
+            self._closing.discard(live.id)
 
     def announce_end(self, live: LiveMessage) -> None:
-        if not live.mirror:
-            end = encode_frame(End(chunks=live.next_seq, duration=live.end_ts))
-            self.bus.publish(live_channel(live.id), end)
+        """The owner closed ``live`` durably: every mirror finishes."""
+        end = encode_frame(End(chunks=live.next_seq, duration=live.end_ts))
+        self.bus.publish(live_channel(live.id), end)
+        self._drop(live.id)
 
-    def take_over(self, live: LiveMessage) -> None:
-        scope = self._feeds.pop(live.id, None)
-        if scope is not None:
-            scope.cancel()
-        self.own(live)
-        self.bus.publish(
-            TAKEOVER_CHANNEL, json.dumps({"msg": live.id, "from": self.process}).encode()
-        )
+    async def _adopt(self, message_id: str) -> None:
+        """Own a message this process does not hold (asked to, or found by the reaper)."""
+        record, live = await self.hub.get(message_id)
+        if live is None:
+            if record is not None:  # closed: an ingress waiting on it learns it is
+                end = End(chunks=record.chunks, duration=record.duration)
+                self.bus.publish(live_channel(message_id), encode_frame(end))
+            return
+        if live.mirror:
+            await self._promote(live)
+        else:
+            self._ask_from(live, force=True)
+
+    # -- the process's loops ---------------------------------------------------------
 
     async def run(self) -> None:
-        """Hear takeovers: a message this process owned is now another's."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hear_takeovers)
+            nursery.start_soon(self._hear_requests)
+            nursery.start_soon(self._rebalance_loop)
+
+    async def _follow_channel(self, channel: str) -> AsyncGenerator[dict[str, Any]]:
+        """The JSON objects published on ``channel``; a subscription that overflowed
+        (this process fell behind) is taken up again."""
         while True:
-            async with self.bus.subscribe(TAKEOVER_CHANNEL) as takeovers:
-                async for data in takeovers:
+            async with self.bus.subscribe(channel) as subscription:
+                async for data in subscription:
                     try:
                         message = json.loads(data)
                     except ValueError:
                         continue
-                    if message.get("from") != self.process:
-                        await self._lost(str(message.get("msg")))
+                    if isinstance(message, dict):
+                        yield message
 
-    async def _lost(self, message_id: str) -> None:
-        live = self.hub.peek(message_id)
-        if live is None or live.mirror or live.closed:
-            return
-        log.info("message %s was taken over by another process", message_id)
-        if live.uploader is not None:
-            live.uploader.supersede()
-            live.uploader = None
-        live.announce = None
-        live.mirror = True
-        # What this process received is committed before its committer stops; the
-        # new owner's talker re-sends anything it was not acked for.
-        await live.wait_durable(live.next_seq)
-        live.committer_scope.cancel()
-        self._start_feed(live)
+    async def _hear_takeovers(self) -> None:
+        """A talker of a message this process had the upload of moved elsewhere."""
+        async with aclosing(self._follow_channel(TAKEOVER_CHANNEL)) as takeovers:
+            async for message in takeovers:
+                if message.get("from") == self.member:
+                    continue
+                live = self.hub.peek(str(message.get("msg")))
+                if live is not None and live.uploader is not None and not live.closed:
+                    log.info("message %s: its talker moved to %s", live.id, message.get("from"))
+                    live.uploader.supersede()
+                    live.uploader = None
+                    live.announce = None
 
-    # -- mirrors -----------------------------------------------------------------------
+    async def _hear_requests(self) -> None:
+        """Another process (an ingress, or a former owner) says this one owns a message."""
+        async with aclosing(self._follow_channel(own_channel(self.member))) as requests:
+            async for message in requests:
+                if isinstance(message_id := message.get("msg"), str):
+                    self._nursery.start_soon(self._adopt_logged, message_id)
+
+    async def _adopt_logged(self, message_id: str) -> None:
+        try:
+            await self._adopt(message_id)
+        except Exception:
+            log.exception("could not take message %s", message_id)
+
+    async def _rebalance_loop(self) -> None:
+        while True:
+            changed = self.membership.changed if self.membership is not None else trio.Event()
+            with trio.move_on_after(REAP_PERIOD):
+                await changed.wait()
+            try:
+                await self.rebalance()
+            except Exception:
+                log.exception("rebalancing live messages failed")
+
+    async def rebalance(self) -> None:
+        """Give up what the ring gives to others, take what it gives to this process:
+        the messages held here, and the ones live in the store that nobody holds."""
+        for live in self.hub.held():
+            if live.closed:
+                continue
+            owner = self.owner_of(live.id)
+            if not live.mirror and owner != self.member:
+                await self._release(live, owner)
+            elif live.mirror and owner == self.member:
+                await self._promote(live)
+            elif live.mirror and live.uploader is not None:
+                await self._ensure_owner(live)  # this process's talker: tell its owner
+        after = ""
+        while True:
+            page = await self.hub.store.live_messages(after=after, limit=REAP_PAGE)
+            for message_id in page:
+                if self.hub.peek(message_id) is None and self.owner_of(message_id) == self.member:
+                    log.info("message %s: live with no holder, taken by this process", message_id)
+                    await self._adopt_logged(message_id)
+            if len(page) < REAP_PAGE:
+                return
+            after = page[-1]
+
+    # -- one feed per message held ---------------------------------------------------
 
     async def mirror(self, message_id: str) -> tuple[MessageRecord | None, LiveMessage | None]:
         """The message's record and, if it is live, a mirror of it (made here)."""
-        return await self._nursery.start(self._run_mirror, message_id)  # type: ignore[no-any-return]
+        return await self._nursery.start(self._run_feed, message_id)  # type: ignore[no-any-return]
 
-    async def _run_mirror(
+    async def _run_feed(
         self,
         message_id: str,
         *,
         task_status: trio.TaskStatus[tuple[MessageRecord | None, LiveMessage | None]],
     ) -> None:
         with trio.CancelScope() as scope:
-            async with self.bus.subscribe(live_channel(message_id)) as feed:
+            # Subscribe first, then read the store: nothing falls in between (VXS-6.2-3).
+            async with self.bus.subscribe(live_channel(message_id)) as frames:
                 record = await self.hub.store.get_message(message_id)
                 if record is None or record.state == "closed":
                     task_status.started((record, None))
@@ -127,68 +363,114 @@ class Relay:
                 self.hub.adopt(live)
                 self._feeds[message_id] = scope
                 task_status.started((record, live))
-                await self._follow(live, feed)
-            await self._poll(live)
+                await self._follow(live, frames)
+            # The bus failed this subscription (it fell behind, or Redis went away).
+            while not live.closed:
+                if live.mirror:
+                    await self._poll(live)
+                else:
+                    async with self.bus.subscribe(live_channel(message_id)) as frames:
+                        self._ask_from(live, force=True)
+                        await self._follow(live, frames)
 
-    def _start_feed(self, live: LiveMessage) -> None:
-        async def feed() -> None:
-            with trio.CancelScope() as scope:
-                self._feeds[live.id] = scope
-                async with self.bus.subscribe(live_channel(live.id)) as frames:
-                    await self._fill(live, None)  # what was published before it subscribed
-                    await self._follow(live, frames)
-                await self._poll(live)
+    def _drop(self, message_id: str) -> None:
+        scope = self._feeds.pop(message_id, None)
+        if scope is not None:
+            scope.cancel()
+        self._requested.pop(message_id, None)
 
-        self._nursery.start_soon(feed)
-
-    async def _follow(self, live: LiveMessage, frames: object) -> None:
-        async for data in frames:  # type: ignore[attr-defined]
-            try:
-                frame = decode_frame(bytes(data))
-            except ProtocolError:
-                log.warning("a bad frame on the bus for message %s", live.id)
-                continue
-            if isinstance(frame, Chunk):
-                if frame.seq > live.next_seq:
-                    await self._fill(live, frame.seq)
-                if frame.seq == live.next_seq:
-                    live.publish(validate_chunk(frame), commit=False)
-            elif isinstance(frame, End):
-                await self._fill(live, frame.chunks)
-                self._finish(live, frame.duration)
-                return
+    async def _follow(self, live: LiveMessage, frames: AsyncIterable[bytes]) -> None:
+        async for data in frames:
+            if data[:1] == b"{":
+                self._control(live, data)
+            else:
+                try:
+                    frame = decode_frame(bytes(data))
+                except ProtocolError:
+                    log.warning("a bad frame on the bus for message %s", live.id)
+                    continue
+                if isinstance(frame, Chunk):
+                    await self._chunk(live, frame)
+                elif isinstance(frame, End) and not live.closed:
+                    if live.mirror:
+                        await self._fill(live, frame.chunks)
+                    else:  # closed by another owner (the ring moved meanwhile)
+                        live.stop_committer()
+                    self._finish(live, frame.chunks, frame.duration)
             if live.closed:
                 return
 
+    def _control(self, live: LiveMessage, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            kind, count = message["t"], int(message["n"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("a bad control message on the bus for message %s", live.id)
+            return
+        if kind == "durable" and live.mirror:
+            live.set_durable(min(count, live.next_seq))
+        elif kind == "owner" and message.get("by") != self.member:
+            if live.uploader is not None and live.mirror:
+                self._reannounce(live, count)
+        elif kind == "close" and not live.mirror and live.id not in self._closing:
+            self._closing.add(live.id)
+            self._nursery.start_soon(
+                self._close_for_ingress, live, count, int(message.get("end", 0))
+            )
+
+    async def _chunk(self, live: LiveMessage, frame: Chunk) -> None:
+        if live.uploader is not None or frame.seq < live.next_seq or live.closed:
+            return  # this process's own talker is the source; or a chunk it has
+        try:
+            chunk = validate_chunk(frame)
+        except ProtocolError:
+            log.warning("message %s: an invalid chunk %d on the bus", live.id, frame.seq)
+            return
+        if not live.mirror:
+            if frame.seq == live.next_seq:
+                live.publish(chunk, relayed=True)
+            else:
+                self._ask_from(live)  # a gap: the ingress sends them again
+            return
+        if frame.seq > live.next_seq:
+            await self._fill(live, frame.seq)
+        if frame.seq == live.next_seq and not live.closed:
+            live.publish(chunk, commit=not live.mirror, relayed=True)
+
     async def _fill(self, live: LiveMessage, upto: int | None) -> None:
-        """Publish stored chunks from ``live.next_seq`` up to ``upto`` (exclusive;
-        None: what is stored now), waiting for ones not yet durable."""
-        while upto is None or live.next_seq < upto:
+        """A mirror publishes stored chunks from ``live.next_seq`` up to ``upto``
+        (exclusive; None: what is stored now), waiting for ones not yet durable."""
+        while live.mirror and not live.closed and (upto is None or live.next_seq < upto):
             want = 256 if upto is None else min(256, upto - live.next_seq)
             batch = await self.hub.store.read_chunks(live.id, live.next_seq, want)
             for chunk in batch:
-                if chunk.seq == live.next_seq:
-                    live.publish(chunk, commit=False)
+                if chunk.seq == live.next_seq and not live.closed:
+                    live.publish(chunk, commit=False, relayed=True)
+                    live.set_durable(chunk.seq + 1)
             if upto is None and len(batch) < want:
                 return
             if not batch:
                 await trio.sleep(POLL)
 
     async def _poll(self, live: LiveMessage) -> None:
-        """No bus: follow the store until the message closes."""
-        while not live.closed:
+        """No bus: follow the store until the message closes (or is owned here)."""
+        while live.mirror and not live.closed:
             await self._fill(live, None)
             record = await self.hub.store.get_message(live.id)
             if record is None:
                 return
+            live.set_durable(min(record.chunks, live.next_seq))
             if record.state == "closed":
                 await self._fill(live, record.chunks)
-                self._finish(live, record.duration)
+                self._finish(live, record.chunks, record.duration)
                 return
             await trio.sleep(POLL)
 
-    def _finish(self, live: LiveMessage, duration: int) -> None:
+    def _finish(self, live: LiveMessage, chunks: int, duration: int) -> None:
+        if chunks != live.next_seq:
+            log.warning("message %s closed at %d chunks, held %d", live.id, chunks, live.next_seq)
         live.end_ts = max(live.end_ts, duration)
+        live.set_durable(live.next_seq)
         live.mark_closed()
         self.hub.forget(live)
-        self._feeds.pop(live.id, None)
+        self._drop(live.id)

@@ -103,6 +103,9 @@ def create_rest_app(services: Services, rtc: RtcGateway | None = None) -> QuartT
         if services.membership is not None:
             answer["member"] = services.membership.member
             answer["members"] = list(services.membership.ring.members)
+            # Of the live messages held here, those this process owns (the ring's
+            # choice: it commits them); the others are mirrors of another's.
+            answer["owned_messages"] = sum(not live.mirror for live in services.hub.held())
         return answer
 
     @app.post("/v1/accounts")

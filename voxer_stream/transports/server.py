@@ -73,6 +73,8 @@ class ServerConfig:
     #: A Redis shared with other server processes on the same store (``redis://...``):
     #: timeline wake-ups and presence cross processes through it (issue 7).
     redis_url: str | None = None
+    #: This process's name in the ring of processes sharing ``redis_url``.
+    member: str | None = None
     #: "host[:port],..." of Cassandra/ScyllaDB nodes, for storage="cassandra".
     cassandra_hosts: str = "127.0.0.1"
     #: Bind with SO_REUSEPORT, so that several processes share the port (``--workers``).
@@ -182,8 +184,15 @@ async def _serve_on(
 ) -> None:
     async with opened as store, trio.open_nursery() as nursery:
         hub = Hub(store, nursery, tail_limit=config.tail_limit, abandon_after=config.abandon_after)
+        membership = (
+            None
+            if config.redis_url is None
+            else Membership(
+                config.redis_url, config.member or f"{socket.gethostname()}/{os.getpid()}"
+            )
+        )
         if not isinstance(bus, LocalBus):
-            hub.relay = Relay(hub, bus, nursery)
+            hub.relay = Relay(hub, bus, nursery, membership)
             nursery.start_soon(hub.relay.run)
         nursery.start_soon(hub.run_abandon_watchdog)
         timeline = Timeline(store, bus)
@@ -207,11 +216,7 @@ async def _serve_on(
             contacts=Contacts(store),
             vapid_public_key=vapid.public_key,
             allow_local_push=config.allow_local_push,
-            membership=(
-                None
-                if config.redis_url is None
-                else Membership(config.redis_url, f"{socket.gethostname()}/{os.getpid()}")
-            ),
+            membership=membership,
         )
         rtc = RtcGateway(
             services,
