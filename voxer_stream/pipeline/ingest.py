@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Final
 
 import trio
@@ -181,9 +182,14 @@ class UploadSession:
         live.uploader = self._uploader
         self.live = live
         await self.hub.attach_talker(live)
-        # The talker goes on from what is durable; a mirror may know of more durable
-        # chunks than it holds (VXS-5.2-2): it is sent them again, and compares them.
-        await self._send(self.machine.accept_open(min(live.durable, live.next_seq), closed=False))
+        if live.closed:  # closed by its owner on another process meanwhile
+            self._detach()
+            self.record = replace(
+                current, state="closed", chunks=live.next_seq, duration=live.end_ts
+            )
+            await self._send(self.machine.accept_open(live.next_seq, closed=True))
+            return None
+        await self._send(self.machine.accept_open(live.durable, closed=False))
         return live
 
     async def _after_close(self) -> None:

@@ -126,6 +126,14 @@ class Relay:
             TAKEOVER_CHANNEL, json.dumps({"msg": live.id, "from": self.member}).encode()
         )
         await self._ensure_owner(live)
+        if live.mirror:
+            # The talker is told to go on from what is durable (VXS-5.2-2), never less
+            # than it was acked for on another process: the store's count. A mirror
+            # that has not heard all of those yet takes them from the store first.
+            record = await self.hub.store.get_message(live.id)
+            if record is not None:
+                live.set_durable(record.chunks)
+            await self._fill(live, live.durable)
         self._nursery.start_soon(self._watch_acks, live, live.uploader)
 
     async def _ensure_owner(self, live: LiveMessage) -> None:
