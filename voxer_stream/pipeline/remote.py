@@ -196,6 +196,9 @@ class Relay:
                 if record is not None:
                     self._finish(live, record.chunks, record.duration)
                 return
+            # What the store holds is the owner's to serve too: a mirror that lagged
+            # takes it from there, so the owner never asks for chunks below its count.
+            await self._fill(live, record.chunks)
             log.info("message %s: owned here from chunk %d", live.id, record.chunks)
             live.mirror = False
             live.set_durable(record.chunks)
