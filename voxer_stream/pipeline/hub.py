@@ -100,6 +100,9 @@ class LiveMessage:
         #: For the owner with ``serve --redis``: told the durable count after each commit.
         self.on_durable: Callable[[int], None] | None = None
         self.committer_scope = trio.CancelScope()
+        #: For the owner: the process where the message's talker is connected, if not
+        #: this one (a message with a talker is not abandoned, VXS-5.7-3).
+        self.remote_talker: str | None = None
 
     @property
     def id(self) -> str:
@@ -312,20 +315,14 @@ class Hub:
         #: puts audio messages on timelines without the pipeline knowing about them.
         #: It must not block (it queues).
         self.activity: Callable[[str, MessageRecord], None] | None = None
+        #: Told when a talker attaches to or leaves a message here (presence).
+        self.on_talkers: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
 
     def peek(self, message_id: str) -> LiveMessage | None:
         return self._live.get(message_id)
-
-    def live_in(self, thread_id: str) -> list[LiveMessage]:
-        """The thread's messages that are live now, with a talker (who is speaking)."""
-        return [
-            live
-            for live in self._live.values()
-            if live.record.thread_id == thread_id and live.uploader is not None
-        ]
 
     async def get(self, message_id: str) -> tuple[MessageRecord | None, LiveMessage | None]:
         """The message's stored record and, if it is live, its ``LiveMessage``."""
@@ -411,9 +408,33 @@ class Hub:
             send.close()
 
     def announce(self, live: LiveMessage) -> None:
-        """A talker started (or resumed) ``live``: tell the thread's watchers."""
+        """A talker started (or resumed) ``live``: tell the thread's watchers, here and
+        (with a relay) on every process."""
         if self.activity is not None:
             self.activity("live", live.record)
+        self.tell_watchers(live)
+        if self.relay is not None:
+            self.relay.announce_start(live)
+
+    def watching(self, thread_id: str) -> bool:
+        return thread_id in self._watchers
+
+    def talking(self) -> list[MessageRecord]:
+        """The live messages with a talker connected to this process (who speaks)."""
+        return [
+            live.record
+            for live in self._live.values()
+            if live.uploader is not None and not live.closed
+        ]
+
+    def talkers_changed(self, live: LiveMessage) -> None:
+        """A talker attached to or left ``live`` here."""
+        if self.on_talkers is not None:
+            self.on_talkers()
+        if self.relay is not None and live.uploader is None:
+            self.relay.talker_left(live)
+
+    def tell_watchers(self, live: LiveMessage) -> None:
         for send in self._watchers.get(live.record.thread_id, ()):
             try:
                 send.send_nowait(live)
@@ -453,6 +474,8 @@ class Hub:
             for live in list(self._live.values()):
                 idle = now - live.last_activity
                 idle_owner = live.uploader is None and not live.mirror
+                if idle_owner and self.relay is not None:
+                    idle_owner = not self.relay.talker_elsewhere(live)
                 if idle_owner and idle >= self.abandon_after and not live.closed:
                     log.info("closing abandoned message %s after %.0f s", live.id, idle)
                     try:

@@ -180,6 +180,7 @@ class UploadSession:
         else:
             self.hub.announce(live)  # someone starts (or resumes) talking
         live.uploader = self._uploader
+        self.hub.talkers_changed(live)
         self.live = live
         await self.hub.attach_talker(live)
         if live.closed:  # closed by its owner on another process meanwhile
@@ -280,6 +281,7 @@ class UploadSession:
         live = self.live
         if live is not None and live.uploader is self._uploader:
             live.uploader = None
+            self.hub.talkers_changed(live)
             live.last_activity = trio.current_time()
 
 

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAKEOVER_CHANNEL: Final = "voxer:takeover"
+#: A talker started a message (what a thread's monitors play, VXS-12-9).
+STARTED_CHANNEL: Final = "voxer:started"
 #: How often a mirror without its bus looks at the store, and waits for a missing chunk.
 POLL: Final = 0.05
 #: An ingress whose durable count has not moved for this long asks for an owner again.
@@ -134,7 +136,22 @@ class Relay:
             if record is not None:
                 live.set_durable(record.chunks)
             await self._fill(live, live.durable)
+            self._tell_talker(live)
         self._nursery.start_soon(self._watch_acks, live, live.uploader)
+
+    def _tell_talker(self, live: LiveMessage) -> None:
+        """Tell the owner whether this process has the message's talker."""
+        talking = 1 if live.uploader is not None else 0
+        self.bus.publish(live_channel(live.id), control("talker", by=self.member, n=talking))
+
+    def talker_left(self, live: LiveMessage) -> None:
+        if live.mirror and not live.closed:
+            self._tell_talker(live)
+
+    def talker_elsewhere(self, live: LiveMessage) -> bool:
+        """Whether another live process has the message's talker (as it said)."""
+        members = self.membership.ring.members if self.membership is not None else ()
+        return live.remote_talker is not None and live.remote_talker in members
 
     async def _ensure_owner(self, live: LiveMessage) -> None:
         owner = self.owner_of(live.id)
@@ -275,6 +292,7 @@ class Relay:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._hear_takeovers)
             nursery.start_soon(self._hear_requests)
+            nursery.start_soon(self._hear_starts)
             nursery.start_soon(self._rebalance_loop)
 
     async def _follow_channel(self, channel: str) -> AsyncGenerator[dict[str, Any]]:
@@ -302,6 +320,8 @@ class Relay:
                     live.uploader.supersede()
                     live.uploader = None
                     live.announce = None
+                    if self.hub.on_talkers is not None:
+                        self.hub.on_talkers()  # not talker_left: the talker is elsewhere
 
     async def _hear_requests(self) -> None:
         """Another process (an ingress, or a former owner) says this one owns a message."""
@@ -309,6 +329,30 @@ class Relay:
             async for message in requests:
                 if isinstance(message_id := message.get("msg"), str):
                     self._nursery.start_soon(self._adopt_logged, message_id)
+
+    def announce_start(self, live: LiveMessage) -> None:
+        started = {"msg": live.id, "thread": live.record.thread_id, "from": self.member}
+        self.bus.publish(STARTED_CHANNEL, json.dumps(started).encode())
+
+    async def _hear_starts(self) -> None:
+        """A talker started a message on another process: a thread watched here (a
+        WebRTC monitor) plays it from a mirror."""
+        async with aclosing(self._follow_channel(STARTED_CHANNEL)) as starts:
+            async for message in starts:
+                thread, message_id = message.get("thread"), message.get("msg")
+                if message.get("from") == self.member or not isinstance(message_id, str):
+                    continue
+                if isinstance(thread, str) and self.hub.watching(thread):
+                    await self._tell_watchers(message_id)  # in turn: in the order they started
+
+    async def _tell_watchers(self, message_id: str) -> None:
+        try:
+            _, live = await self.hub.get(message_id)
+        except Exception:
+            log.exception("could not follow message %s", message_id)
+            return
+        if live is not None:
+            self.hub.tell_watchers(live)
 
     async def _adopt_logged(self, message_id: str) -> None:
         try:
@@ -394,6 +438,8 @@ class Relay:
         async for data in frames:
             if data[:1] == b"{":
                 self._control(live, data)
+            elif live.uploader is not None and not live.mirror:
+                pass  # the owner's own talker: its chunks, echoed back; nothing to decode
             else:
                 try:
                     frame = decode_frame(bytes(data))
@@ -423,6 +469,13 @@ class Relay:
         elif kind == "owner" and message.get("by") != self.member:
             if live.uploader is not None and live.mirror:
                 self._reannounce(live, count)
+                self._tell_talker(live)
+        elif kind == "talker" and not live.mirror and (by := message.get("by")) != self.member:
+            if count:
+                live.remote_talker = str(by)
+            elif live.remote_talker == by:
+                live.remote_talker = None
+                live.last_activity = trio.current_time()
         elif kind == "close" and not live.mirror and live.id not in self._closing:
             self._closing.add(live.id)
             self._nursery.start_soon(

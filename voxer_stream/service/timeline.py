@@ -36,7 +36,7 @@ from typing import Any, Final
 import trio
 
 from ..bus import Bus, LocalBus
-from ..store.base import Event, NewEvent, Store
+from ..store.base import Event, MessageRecord, NewEvent, Store
 from ..wire import ErrorCode, ProtocolError
 from .identity import now_ms
 from .views import dumps
@@ -78,6 +78,20 @@ class _Peer:
     accounts: frozenset[str]
     sessions: dict[str, frozenset[str]]  # account -> its sessions online there
     until: float  # trio time
+    #: Its live messages with a talker connected: (thread, message, sender, directed_to).
+    speaking: tuple[tuple[str, str, str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Speaking:
+    """A live message with a talker connected, somewhere (VXS-13.6-1)."""
+
+    message: str
+    sender: str
+    directed_to: str | None
+
+    def visible_to(self, account_id: str) -> bool:
+        return self.directed_to is None or account_id in (self.directed_to, self.sender)
 
 
 class Timeline:
@@ -94,6 +108,8 @@ class Timeline:
         self._online: Counter[str] = Counter()
         self._sessions: Counter[str] = Counter()
         self._by_account: dict[str, set[str]] = {}
+        #: This process's talkers (``Hub.talking``), set by the server.
+        self.local_talkers: Callable[[], list[MessageRecord]] = list
 
     # -- writing -------------------------------------------------------------------
 
@@ -175,17 +191,23 @@ class Timeline:
         sender = message.get("from")
         if not isinstance(sender, str):
             return
-        sessions = {a: frozenset(s) for a, s in message.get("sessions", {}).items()}
+        try:
+            sessions = {a: frozenset(s) for a, s in message.get("sessions", {}).items()}
+            speaking = tuple((str(t), str(m), str(s), d) for t, m, s, d in message["speaking"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return
         self._peers[sender] = _Peer(
             accounts=frozenset(sessions),
             sessions=sessions,
             until=trio.current_time() + PRESENCE_TTL,
+            speaking=speaking,
         )
 
     def _announce(self) -> None:
         self._presence_changed = trio.Event()
         sessions = {a: sorted(s) for a, s in self._by_account.items()}
-        message = json.dumps({"from": self.process, "sessions": sessions})
+        speaking = [[r.thread_id, r.id, r.sender, r.directed_to] for r in self.local_talkers()]
+        message = json.dumps({"from": self.process, "sessions": sessions, "speaking": speaking})
         self.bus.publish(PRESENCE_CHANNEL, message.encode())
 
     def _live_peers(self) -> list[_Peer]:
@@ -288,6 +310,23 @@ class Timeline:
                 if not sessions:
                     self._by_account.pop(account_id, None)
             self._presence_changed.set()
+
+    def presence_changed(self) -> None:
+        """Someone started or stopped talking here: tell the other processes now."""
+        self._presence_changed.set()
+
+    def speaking(self, thread_id: str) -> list[Speaking]:
+        """The thread's live messages with a talker connected to any process."""
+        found = {
+            r.id: Speaking(r.id, r.sender, r.directed_to)
+            for r in self.local_talkers()
+            if r.thread_id == thread_id
+        }
+        for peer in self._live_peers():
+            for thread, message, sender, directed_to in peer.speaking:
+                if thread == thread_id:
+                    found.setdefault(message, Speaking(message, sender, directed_to))
+        return sorted(found.values(), key=lambda s: s.message)
 
     def online(self, account_ids: Iterable[str]) -> list[str]:
         """Those of ``account_ids`` online on this process or any other."""

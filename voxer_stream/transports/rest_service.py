@@ -123,9 +123,9 @@ def add_service_routes(app: QuartTrio, services: Services, authed: Auth) -> None
             "unread": counts.unread if counts else 0,
             "unheard": counts.unheard if counts else 0,
             "speaking": [
-                {"message": live.id, "sender": live.record.sender}
-                for live in services.hub.live_in(thread.id)
-                if live.record.visible_to(account.id)
+                {"message": s.message, "sender": s.sender}
+                for s in timeline.speaking(thread.id)
+                if s.visible_to(account.id)
             ],
             "online": timeline.online(thread.participants),
         }

@@ -196,6 +196,8 @@ async def _serve_on(
             nursery.start_soon(hub.relay.run)
         nursery.start_soon(hub.run_abandon_watchdog)
         timeline = Timeline(store, bus)
+        timeline.local_talkers = hub.talking
+        hub.on_talkers = timeline.presence_changed
         nursery.start_soon(timeline.run)
         threads = Threads(store, timeline)
         messages = Messages(store, threads, timeline)
