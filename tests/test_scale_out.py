@@ -19,6 +19,7 @@ import trio
 from conftest import make_thread, make_user, server_process
 from service_api import Device, login, register
 
+from conformance.cases.webrtc import sample_offer
 from voxer_stream.bus import Ring
 from voxer_stream.client import (
     ConnectionLost,
@@ -33,6 +34,7 @@ from voxer_stream.client import (
     realtime,
     talk,
 )
+from voxer_stream.client.rtc import RtcClient
 from voxer_stream.client.talker import UploadChannel, _h2_opener, run_upload
 from voxer_stream.media.encode import encode_file, tone_wav
 from voxer_stream.media.ogg import read_ogg_opus
@@ -464,3 +466,50 @@ async def test_a_process_that_joins_takes_its_share_of_live_messages(
         for msg in msgs:
             assert heard[msg].chunks == chunks, msg
             assert heard[msg].end is not None and heard[msg].end.chunks == len(chunks)
+
+
+async def test_a_webrtc_session_answers_from_every_process_and_counts_everywhere(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A WHIP session negotiated on A is read and ended through B (its resource answers
+    from any process: with --workers a new connection may reach any of them,
+    VXS-12-11), is NOT_FOUND there for a stranger, and counts against the account's
+    limit on B too (VXS-12-12)."""
+    packets = tone_packets(tmp_path, 0.4)
+    data = tmp_path / "data"
+    options = ("--synchronous", "NORMAL", "--redis", redis_url, "--rtc-max-sessions", "1")
+    with server_process(data, *options) as a, server_process(data, *options) as b:
+        await ring_of(a.url, b.url)
+        alice = await make_user(a.url, "alice")
+        bob = await make_user(a.url, "bob")
+        thread = await make_thread(a.url, alice, bob)
+        offer = await sample_offer(send=True)
+        async with RtcClient(a.url, alice.token) as rtc, httpx.AsyncClient(base_url=b.url) as on_b:
+            talker = await rtc.whip(thread, "m-whip-b")
+            await talker.connected()
+            for index, packet in enumerate(packets):
+                talker.send(packet, index * 960)
+                await trio.sleep(0.02)
+            await trio.sleep(0.3)
+            as_alice = {"Authorization": f"Bearer {alice.token}"}
+            status = (await on_b.get(talker.location, headers=as_alice)).json()
+            assert (status["kind"], status["msg"], status["state"]) == ("whip", "m-whip-b", "live")
+            as_bob = {"Authorization": f"Bearer {bob.token}"}
+            stranger = await on_b.get(talker.location, headers=as_bob)
+            assert (stranger.status_code, stranger.json()["error"]["name"]) == (404, "NOT_FOUND")
+            second = await on_b.post(
+                f"/v1/threads/{thread}/whip",
+                content=offer.encode(),
+                headers={**as_alice, "Content-Type": "application/sdp"},
+            )
+            refused = (second.status_code, second.json()["error"]["name"])
+            assert refused == (429, "TOO_MANY_SESSIONS")
+            ended = (await on_b.delete(talker.location, headers=as_alice)).json()
+            assert (ended["state"], ended["chunks"]) == ("closed", len(packets))
+            again = await on_b.post(  # the limit counts it no more
+                f"/v1/threads/{thread}/whip",
+                content=offer.encode(),
+                headers={**as_alice, "Content-Type": "application/sdp"},
+            )
+            assert again.status_code == 201, again.text
+            await on_b.delete(again.headers["Location"], headers=as_alice)

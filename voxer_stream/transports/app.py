@@ -26,7 +26,7 @@ from ..store.base import Account
 from ..wire import ErrorCode, ProtocolError
 from .rest_service import add_service_routes, json_body
 from .streams import Receive, Scope, Send, Services, listen, upload
-from .webrtc import SDP, RtcGateway, WhepSession, WhipSession, monitor_own, whep_listen
+from .webrtc import SDP, RtcGateway, monitor_own, whep_listen
 from .websocket import serve_websocket
 
 LISTEN_PATH = re.compile(r"/v1/messages/([^/]+)/listen")
@@ -213,16 +213,11 @@ def add_webrtc_routes(app: QuartTrio, rtc: RtcGateway, current: Any) -> None:
 
     @app.get("/v1/whip/<session_id>")
     async def whip_status(session_id: str) -> Any:
-        account = await current()
-        return rtc.find(account, session_id, WhipSession).status()
+        return await rtc.status(await current(), session_id, "whip")
 
     @app.delete("/v1/whip/<session_id>")
     async def whip_end(session_id: str) -> Any:
-        account = await current()
-        session = await rtc.end_whip(rtc.find(account, session_id, WhipSession))
-        if session.closed is None and session.error is not None:
-            raise session.error
-        return session.status()
+        return await rtc.end(await current(), session_id, "whip")
 
     @app.post("/v1/messages/<message_id>/whep")
     async def whep_message(message_id: str) -> Any:
@@ -240,13 +235,11 @@ def add_webrtc_routes(app: QuartTrio, rtc: RtcGateway, current: Any) -> None:
 
     @app.get("/v1/whep/<session_id>")
     async def whep_status(session_id: str) -> Any:
-        account = await current()
-        return rtc.find(account, session_id, WhepSession).status()
+        return await rtc.status(await current(), session_id, "whep")
 
     @app.delete("/v1/whep/<session_id>")
     async def whep_end(session_id: str) -> Any:
-        account = await current()
-        return (await rtc.end_whep(rtc.find(account, session_id, WhepSession))).status()
+        return await rtc.end(await current(), session_id, "whep")
 
 
 class Router:

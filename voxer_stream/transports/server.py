@@ -40,6 +40,7 @@ from . import hypercorn_fix
 from .accept import Acceptor
 from .app import Router
 from .h2server import Http2Settings
+from .rtc_shared import SharedSessions
 from .streams import Services
 from .webrtc import RtcGateway
 
@@ -228,6 +229,8 @@ async def _serve_on(
             max_sessions=config.rtc_max_sessions,
             max_total=config.rtc_max_total,
         )
+        if membership is not None:
+            rtc.shared = SharedSessions(config.redis_url or "", bus, membership)
         await nursery.start(rtc.serve)
         app: Any = Router(services, rtc)
         hconfig = hypercorn_config(config)

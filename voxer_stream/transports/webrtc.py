@@ -74,6 +74,7 @@ from ..wire import (
     encode_frame,
 )
 from ..wire.frames import ID_PATTERN
+from .rtc_shared import SharedSessions
 from .streams import FLAGS, Services, parse_listen
 
 log = logging.getLogger(__name__)
@@ -494,6 +495,8 @@ class RtcGateway:
         self.max_sessions = max_sessions
         self.max_total = max_total
         self.sessions: dict[str, WhipSession | WhepSession] = {}
+        #: With ``serve --redis``: the sessions of the other processes (``rtc_shared``).
+        self.shared: SharedSessions | None = None
         self._aio: AsyncioThread | None = None
         self._nursery: trio.Nursery | None = None
         self._outbox: _Outbox | None = None
@@ -517,6 +520,8 @@ class RtcGateway:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._reap)
+                if self.shared is not None:
+                    nursery.start_soon(self.shared.serve, self._answer_remote)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -541,11 +546,49 @@ class RtcGateway:
                 if session.ended_at is not None and now - session.ended_at >= LINGER:
                     del self.sessions[key]
 
-    def find(self, account: Account, session_id: str, kind: type[RtcSession]) -> Any:
+    def find(self, account_id: str, session_id: str, kind: type[RtcSession]) -> Any:
         session = self.sessions.get(session_id)
-        if session is None or session.account.id != account.id or not isinstance(session, kind):
+        if session is None or session.account.id != account_id or not isinstance(session, kind):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such session", "VXS-12-11")
         return session
+
+    async def status(self, account: Account, session_id: str, kind: str) -> dict[str, Any]:
+        """``GET /v1/{whip,whep}/{id}``, for a session of this process or another's."""
+        return await self._on_session("status", kind, account.id, session_id)
+
+    async def end(self, account: Account, session_id: str, kind: str) -> dict[str, Any]:
+        """``DELETE /v1/{whip,whep}/{id}``, for a session of this process or another's."""
+        return await self._on_session("end", kind, account.id, session_id)
+
+    async def _on_session(
+        self, op: str, kind: str, account_id: str, session_id: str
+    ) -> dict[str, Any]:
+        local = self.sessions.get(session_id)
+        if local is None and self.shared is not None:
+            return await self.shared.ask(op, kind, account_id, session_id)
+        return await self._answer_remote(op, kind, account_id, session_id)
+
+    async def _answer_remote(
+        self, op: str, kind: str, account_id: str, session_id: str
+    ) -> dict[str, Any]:
+        """What this process answers for one of its sessions (asked here or elsewhere)."""
+        found = self.find(account_id, session_id, WhipSession if kind == "whip" else WhepSession)
+        if op == "status":
+            return found.status()  # type: ignore[no-any-return]
+        if isinstance(found, WhipSession):
+            session = await self.end_whip(found)
+            if session.closed is None and session.error is not None:
+                raise session.error
+            return session.status()
+        return (await self.end_whep(found)).status()
+
+    async def _shared_start(self, session: WhipSession | WhepSession) -> None:
+        if self.shared is not None:
+            await self.shared.started(session.account.id, session.id)
+
+    async def _shared_end(self, session: WhipSession | WhepSession) -> None:
+        if self.shared is not None:
+            await self.shared.ended(session.account.id, session.id)
 
     async def _start(
         self,
@@ -564,17 +607,22 @@ class RtcGateway:
         session.peer = peer
         return answer
 
-    def check_room(self, account: Account) -> None:
+    async def check_room(self, account: Account) -> None:
         """Refuse a new session beyond ``max_sessions`` open ones of the account, or
-        ``max_total`` open ones in all (VXS-12-12)."""
+        ``max_total`` open ones in all (VXS-12-12), on every process of the service."""
         live = [s for s in self.sessions.values() if not s.ended.is_set()]
-        if len(live) >= self.max_total:
+        open_ = sum(1 for session in live if session.account.id == account.id)
+        total = len(live)
+        if self.shared is not None:
+            account_elsewhere, total_elsewhere = await self.shared.elsewhere(account.id)
+            open_ += account_elsewhere
+            total += total_elsewhere
+        if total >= self.max_total:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SESSIONS,
-                f"the server has {len(live)} WebRTC sessions open; retry later",
+                f"the server has {total} WebRTC sessions open; retry later",
                 "VXS-12-12",
             )
-        open_ = sum(1 for session in live if session.account.id == account.id)
         if open_ >= self.max_sessions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SESSIONS,
@@ -597,7 +645,7 @@ class RtcGateway:
         check_identifier(thread_id, "thread")
         msg = check_identifier(msg, "msg") if msg is not None else new_id()
         await self.services.threads.can_post(account, thread_id)
-        self.check_room(account)
+        await self.check_room(account)
         check_offer(offer)
         send, receive = trio.open_memory_channel[RtpArrival](ARRIVAL_BUFFER)
         session = WhipSession(account=account, thread_id=thread_id, msg=msg, arrivals=receive)
@@ -609,6 +657,7 @@ class RtcGateway:
         except BaseException:
             del self.sessions[session.id]  # its task closed the peer
             raise
+        await self._shared_start(session)
         return session, answer
 
     async def _run_whip(
@@ -657,6 +706,7 @@ class RtcGateway:
                     await self._aio.run(_close, session.peer)
             session.ended_at = trio.current_time()
             session.ended.set()
+            await self._shared_end(session)
 
     async def _frames(self, session: WhipSession) -> AsyncIterator[bytes]:
         """The talker's frames, made from RTP: ``open``, a ``chunk`` per Opus payload,
@@ -744,7 +794,7 @@ class RtcGateway:
         the peer (the order of VXS-12-2)."""
         nursery = self._nursery_or_fail()
         sink = _RtcSink(session, self.outbox)
-        self.check_room(session.account)
+        await self.check_room(session.account)
         await nursery.start(self._run_whep, session, sink)
         try:
             check_offer(offer)
@@ -755,6 +805,7 @@ class RtcGateway:
         assert session.peer is not None
         sink.track = session.peer.track
         self.sessions[session.id] = session
+        await self._shared_start(session)
         return session, answer
 
     async def _run_whep(
@@ -796,6 +847,7 @@ class RtcGateway:
                     await self._aio.run(_finish, session.peer, 2.0)
             session.ended_at = trio.current_time()
             session.ended.set()
+            await self._shared_end(session)
 
     async def _connect_or_stop(self, session: RtcSession) -> None:
         """Set ``connected`` when ICE and DTLS are up; give the session up if they fail,
