@@ -22,6 +22,7 @@ SCENARIOS = {
     "slow-listeners": "benchmarks.slow_listeners",
     "durability": "benchmarks.durability",
     "capacity": "benchmarks.capacity",
+    "workers": "benchmarks.workers",
     "rtc-latency": "benchmarks.rtc_latency",
     "report": "benchmarks.report",
 }
@@ -37,6 +38,7 @@ ALL_RUNS: list[tuple[list[str], str]] = [
     (["live-latency", "--streams-per-conn", "1"], "one-connection-per-listener"),
     (["live-latency", "--transport", "ws"], "websocket"),
     (["capacity"], ""),
+    (["workers"], ""),
     (["catch-up"], ""),
     (["durability"], ""),
     (["slow-listeners"], ""),
@@ -61,7 +63,8 @@ def run_all(argv: list[str]) -> int:
         description="Run every scenario one after the other, each in its own "
         "subprocess (`python -m benchmarks NAME ... --out DIR`, so one crash does not "
         "hide the others), then `report` on the results. Without --quick this takes "
-        "about 45 minutes on 2 cores (rtc-latency, voxer and Janus over WebRTC, about 5 of them).",
+        "about 55 minutes on 2 cores (rtc-latency, voxer and Janus over WebRTC, about 5 of "
+        "them; workers, 1, 2 and 4 server processes on Redis, about 12).",
     )
     parser.add_argument(
         "--quick",

@@ -27,6 +27,7 @@ import shlex
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from .live_latency import (
     SPIN_S,
     Server,
     _expect,
+    cpu_seconds,
     machine,
     opus_packets,
     run_in_process,
@@ -48,9 +50,14 @@ from .live_latency import (
 LISTENERS = 5
 
 
-def storage_server(data_dir: Path, storage: str) -> Server:
-    """The shipped server with ``--storage``, started and stopped as ``live_latency.Server``."""
-    return Server(data_dir, stderr_name=f"{data_dir.name}.stderr", options=["--storage", storage])
+def storage_server(data_dir: Path, storage: str, extra_args: Sequence[str] = ()) -> Server:
+    """The shipped server with ``--storage`` (and ``extra_args``, more ``serve`` options),
+    started and stopped as ``live_latency.Server``."""
+    return Server(
+        data_dir,
+        stderr_name=f"{data_dir.name}.stderr",
+        options=["--storage", storage, *extra_args],
+    )
 
 
 @dataclass
@@ -259,15 +266,26 @@ def run_once(
     *,
     listeners_per_talker: int | None = None,
     processes: int = 1,
+    extra_args: Sequence[str] = (),
+    on_ready: Callable[[Server], dict[str, Any]] | None = None,
+    extra_cpu: Mapping[str, Callable[[], float]] | None = None,
 ) -> dict[str, Any]:
     """One server, ``talkers`` live messages, listeners, ``processes`` load processes.
 
     ``listeners_per_talker`` None: ``LISTENERS`` listeners on talker 0's message only
     (the durability question); a number: that many on every talker's message (capacity).
+    ``extra_args``: more ``serve`` options (``--workers 2 --redis URL``). ``on_ready``
+    is called once every talker and listener is connected, before the first chunk (a
+    check of the server's sockets, say); what it returns is added to the result.
+    ``extra_cpu``: more CPU clocks (seconds) read over the measured window, reported as
+    cores in the result's ``other_cpu_share`` under the same names (the server's and the
+    load processes' own are always there: ``server_cpu_share``, ``clients_cpu_share``).
     """
     data_dir = workdir / f"data-{storage}-{talkers}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
-    server = storage_server(data_dir, storage)
+    server = storage_server(data_dir, storage, extra_args)
+    inspected: dict[str, Any] = {}
+    clocks = dict(extra_cpu or {})
     ctx = multiprocessing.get_context("spawn")
     warmup_chunks = int(warmup * 1e9 // FRAME_NS)
     procs: list[Any] = []
@@ -299,6 +317,8 @@ def run_once(
             pipes.append(parent)
         for parent in pipes:
             _expect(parent, "ready", 120, "load")
+        if on_ready is not None:
+            inspected = on_ready(server)
         t0 = time.monotonic_ns() + 300_000_000
         for parent in pipes:
             parent.send(("go", t0))
@@ -306,8 +326,12 @@ def run_once(
         window_end = t0 + len(packets) * FRAME_NS
         time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
         cpu_start = server.cpu_seconds()
+        clients_start = sum(cpu_seconds(proc.pid) for proc in procs)
+        others_start = {name: clock() for name, clock in clocks.items()}
         time.sleep(max(0.0, (window_end - time.monotonic_ns()) / 1e9))
         cpu = server.cpu_seconds() - cpu_start
+        clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs) - clients_start
+        others = {name: clock() - others_start[name] for name, clock in clocks.items()}
         parts = [_expect(parent, "done", 120 + len(packets) * 0.02, "load") for parent in pipes]
     finally:
         for proc in procs:
@@ -325,7 +349,7 @@ def run_once(
     }
     window_s = (window_end - warm_end) / 1e9
     measured = len(packets) - warmup_chunks
-    return {
+    result: dict[str, Any] = {
         "storage": storage,
         "talkers": talkers,
         "chunks_per_talker": len(packets),
@@ -337,13 +361,23 @@ def run_once(
         "duplicated": load["duplicated"],
         "errors": load["errors"][:5],
         "server_cpu_share": round(cpu / window_s, 3),
+        "clients_cpu_share": round(clients_cpu / window_s, 3),
         "listeners": LISTENERS if listeners_per_talker is None else talkers * listeners_per_talker,
         "deliveries_per_s": round(len(load["live_us"]) / window_s, 1),
         "server_cpu_us_per_delivery": round(cpu / len(load["live_us"]) * 1e6, 1)
         if load["live_us"]
         else None,
-        "server_command": shlex.join(["python", *server.command[1:-1], "TMP"]),
+        "server_command": shlex.join(["python", *server_command(server.command[1:], data_dir)]),
     }
+    if clocks:
+        result["other_cpu_share"] = {k: round(v / window_s, 3) for k, v in others.items()}
+    result.update(inspected)
+    return result
+
+
+def server_command(argv: Sequence[str], data_dir: Path) -> list[str]:
+    """``argv`` with the run's temporary data directory shown as ``TMP``."""
+    return ["TMP" if arg == str(data_dir) else arg for arg in argv]
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

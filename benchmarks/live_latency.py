@@ -501,6 +501,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it (children, their children ...), from the
+    parent pid (field 4) of every ``/proc/<pid>/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` summed over ``process_tree(pid)`` (a process that is gone between
+    the listing and the read counts 0)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
 class Server:
     """The shipped server as a child process; ``url`` from its first stdout line."""
 
@@ -558,7 +589,9 @@ class Server:
         return match.group(0).rstrip("/")
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """The server's CPU seconds, its child processes' included (``serve --workers N``
+        is a supervisor and N workers): the sum over ``process_tree``."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def stderr_tail(self, size: int = 3000) -> str:
         path = Path(self.stderr.name)

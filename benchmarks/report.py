@@ -1,8 +1,8 @@
 """``python -m benchmarks report [--results DIR] [--readme PATH]``: the targets table.
 
 Reads the result JSONs that exist in the results directory (``benchmarks/results`` by
-default): ``live-latency.json``, ``capacity.json``, ``catch-up.json``,
-``durability.json``, ``slow-listeners.json``, and every subdirectory holding a
+default): ``live-latency.json``, ``capacity.json``, ``workers.json``, ``catch-up.json``,
+``durability.json``, ``slow-listeners.json``, ``rtc-latency.json``, and every subdirectory holding a
 ``live-latency.json`` or ``slow-listeners.json`` (``one-connection-per-listener/``,
 ``websocket/``, ``slow-listeners-120s/`` ...), each shown as rows of its own, labelled
 from its JSON's config. It prints, and writes into the README between
@@ -43,6 +43,7 @@ END = "<!-- results:end -->"
 FILES = {
     "live-latency": "live-latency.json",
     "capacity": "capacity.json",
+    "workers": "workers.json",
     "catch-up": "catch-up.json",
     "durability": "durability.json",
     "slow-listeners": "slow-listeners.json",
@@ -65,6 +66,8 @@ STORAGE_LIVE_P99_RATIO = 1.10  # sqlite / memory <=: "within 10 %"
 # unbounded-buffer bug measured (+3.6 to +4.4 MiB/min with 5 stalled listeners).
 SLOW_P99_RATIO = 1.10  # healthy p99 stalled / control <=
 RSS_SLOPE_MIB_MIN = 1.0  # RSS slope stalled - control <=
+# Issue 7 asks for ratios of 1, 2 and 4 workers, no threshold: its rows have no met?.
+WORKERS_LIMIT_MS = 50.0  # the p99 limit of the workers scenario's capacity search
 
 HEADER = ("target (issue 4)", "setup", "measured", "baseline (x = ours / baseline)", "met?")
 
@@ -195,6 +198,10 @@ TARGETS: dict[str, list[str]] = {
         "no loss (lost / reordered / duplicated all 0)",
     ],
     "capacity": ["capacity: live threads (1 talker + 5 listeners) at p99 < 20 ms"],
+    "workers": [
+        f"workers (issue 7): live threads at p99 < {WORKERS_LIMIT_MS:g} ms, 1 vs 2 vs 4 workers",
+        "workers (issue 7): server CPU per delivery (all its processes), 1 vs 2 vs 4 workers",
+    ],
     "catch-up": [
         f"catch-up: first chunk < {FIRST_CHUNK_MS:g} ms p99",
         f"catch-up: 60 s backlog to the live edge < {LIVE_EDGE_60S_MS:g} ms (speed 0)",
@@ -380,6 +387,68 @@ def rows_capacity(src: Source) -> list[Row]:
         )
     target = f"capacity: live threads (1 talker + 5 listeners) at p99 < {short(limit)} ms"
     return [Row(target, setup, measured, "-", "-")]
+
+
+def _workers_label(entry: dict[str, Any]) -> str:
+    return f"N = {entry.get('workers')}" + ("" if entry.get("redis") else " without Redis")
+
+
+def rows_workers(src: Source) -> list[Row]:
+    data = src.data or {}
+    config: dict[str, Any] = data.get("config") or {}
+    limit = config.get("limit_ms", WORKERS_LIMIT_MS)
+    entries: list[dict[str, Any]] = list(data["workers"])
+    if data.get("alone"):
+        entries.append(data["alone"])
+    versus = " vs ".join(str(e.get("workers")) for e in data["workers"])
+    processes = config.get("processes")
+    setup = (
+        f"SQLite + Redis, `serve --workers N --redis`, {processes} load processes, "
+        f"{short(config.get('duration'))} s steps; {src.tag}"
+    )
+    carried, cpu = [], []
+    ratios_threads, ratios_cpu = [], []
+    for e in entries:
+        lat = e.get("live_latency_ms") or {}
+        carried.append(
+            f"{_workers_label(e)}: {e.get('capacity_threads')} threads "
+            f"({num(e.get('deliveries_per_s'))} deliveries/s, p50 / p99 / p99.9 "
+            f"{num(lat.get('p50'))} / {num(lat.get('p99'))} / {num(lat.get('p99_9'))} ms; "
+            + (
+                f"{e['first_over_threads']} did not hold)"
+                if e.get("first_over_threads")
+                else "every step held: a lower bound)"
+            )
+        )
+        cpu.append(
+            f"{_workers_label(e)}: {num(e.get('server_cpu_us_per_delivery'))} us "
+            f"({num(e.get('server_cpu_share'))} cores) at {e.get('capacity_threads')} threads"
+        )
+        ratio = e.get("ratio_vs_1") or {}
+        if e.get("name") != data.get("reference"):
+            ratios_threads.append(f"{_workers_label(e)} x {num(ratio.get('threads_carried'))}")
+            ratios_cpu.append(
+                f"{_workers_label(e)} x {num(ratio.get('cpu_per_delivery_at_compared_threads'))}"
+                f" at {e.get('compared_at_threads') or '?'} threads (same load), x "
+                f"{num(ratio.get('cpu_per_delivery_at_capacity'))} at capacity"
+            )
+    reference = "N = 1 on Redis (one plain serve process)"
+    return [
+        Row(
+            f"workers (issue 7): live threads at p99 < {short(limit)} ms, {versus} workers",
+            setup,
+            "; ".join(carried),
+            f"{reference}: " + ", ".join(ratios_threads),
+            "-",
+        ),
+        Row(
+            f"workers (issue 7): server CPU per delivery (all its processes), {versus} workers",
+            setup,
+            "at capacity: " + "; ".join(cpu),
+            f"{reference}: " + ", ".join(ratios_cpu),
+            "-",
+        ),
+    ]
 
 
 def _stat(summary: dict[str, Any]) -> tuple[str, Any]:
@@ -611,6 +680,7 @@ def rows_rtc(src: Source) -> list[Row]:
 ROWS: dict[str, RowsFn] = {
     "live-latency": rows_live,
     "capacity": rows_capacity,
+    "workers": rows_workers,
     "catch-up": rows_catch_up,
     "durability": rows_durability,
     "slow-listeners": rows_slow,

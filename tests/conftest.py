@@ -19,6 +19,7 @@ import pytest
 import trio
 import trustme
 
+from benchmarks.redis_server import RedisServer, redis_process
 from voxer_stream.transports.server import ServerConfig, run_server
 
 
@@ -150,64 +151,6 @@ def server_process(
             process.stdout.close()
         if log is not None:
             stderr.close()  # type: ignore[union-attr]
-
-
-@dataclass
-class RedisServer:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def redis_process(directory: Path) -> Iterator[RedisServer]:
-    """Debian's ``redis-server`` on a free loopback port, no persistence (it holds only
-    what the bus and the membership put there)."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                import time
-
-                time.sleep(0.02)
-        else:
-            raise RuntimeError("redis-server did not start")
-        client.close()
-        yield RedisServer(f"redis://127.0.0.1:{port}/0", port, process)
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="session")
