@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -598,3 +599,31 @@ async def test_acked_chunks_survive_kill_9(tmp_path: Path) -> None:
             record = await store.get_message(f"m{m}")
             assert record is not None
             assert record.chunks == len(stored)
+
+
+def test_processes_opening_one_new_database_together_all_open_it(tmp_path: Path) -> None:
+    """``serve --workers N`` starts N processes on a new data directory at once: each
+    one's switch to WAL and the migration wait for the others instead of failing with
+    "database is locked" (found by the workers benchmark)."""
+    script = textwrap.dedent(
+        """
+        import sys, time, trio
+        from voxer_stream.store import SQLiteStore
+
+        async def main() -> None:
+            time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all at once
+            async with SQLiteStore(sys.argv[1]) as store:
+                await store.live_messages()
+
+        trio.run(main)
+        """
+    )
+    for attempt in range(2):
+        path, at = tmp_path / f"db-{attempt}.sqlite3", str(time.time() + 1.0)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(path), at], stderr=subprocess.PIPE)
+            for _ in range(6)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err.decode()[-2000:]

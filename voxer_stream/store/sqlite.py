@@ -483,7 +483,7 @@ class SQLiteStore(ServiceOps):
     def _open_write_connection(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(f"could not switch {self.path} to WAL (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -493,6 +493,20 @@ class SQLiteStore(ServiceOps):
             conn.close()
             raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another process opening the same
+        new database holds it: SQLite answers that pragma "database is locked" at once,
+        without its busy handler (``serve --workers`` starts N processes together)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return str(mode)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _close_readers(self) -> None:
         with self._pool_lock:
