@@ -131,10 +131,23 @@ def test_the_suite_passes_against_the_reference_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_suite_passes_against_the_in_memory_storage(tmp_path: Path) -> None:
-    """``serve --storage memory`` (the benchmarks' no-op store) speaks the same protocol."""
-    with server_process(tmp_path / "data", "--storage=memory", "--allow-local-push") as server:
-        code, out, report = run_suite(server.url, tmp_path, "--push")
+def test_the_suite_passes_against_three_workers_on_redis(tmp_path: Path, redis_url: str) -> None:
+    """``serve --workers 3 --redis``: three processes behind one port, each connection of
+    the suite on whichever the kernel picks, behave as one server (issue 7), WebRTC
+    sessions and their limits included. (``--storage memory`` is the same SQLite code
+    on tmpfs: the run against the reference server covers it.)"""
+    log = tmp_path / "server.log"
+    with server_process(
+        tmp_path / "data",
+        "--workers=3",
+        f"--redis={redis_url}",
+        "--rtc-max-sessions=3",
+        "--allow-local-push",
+        log=log,
+    ) as server:
+        code, out, report = run_suite(server.url, tmp_path, "--push", "--rtc-max-sessions", "3")
+        assert server.stop() == 0
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     assert code == 0, out
     assert report["summary"]["fail"] == report["summary"]["error"] == 0
 

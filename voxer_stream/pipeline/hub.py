@@ -103,6 +103,7 @@ class LiveMessage:
         #: For the owner: the process where the message's talker is connected, if not
         #: this one (a message with a talker is not abandoned, VXS-5.7-3).
         self.remote_talker: str | None = None
+        self._role_changed = trio.Event()
 
     @property
     def id(self) -> str:
@@ -130,6 +131,14 @@ class LiveMessage:
             self._commit_wanted.set()
         else:
             self._trim()
+            if len(self.tail) > self._tail_limit and self.uploader is None:
+                # A mirror whose owner sends no durable counts (its talker is there, and
+                # acked from its own commits): what is older than the tail's minute
+                # was committed long ago, and readers find it in the store.
+                del self.tail[0]
+                del self.tail_wire[0]
+                self.tail_start += 1
+                self.durable = max(self.durable, self.tail_start)
         if self._followers:
             self._deliver(chunk.seq, frame)
         self._wake()
@@ -190,6 +199,14 @@ class LiveMessage:
         check, so that a change during that await is not missed."""
         return self._changed
 
+    def role_changed(self) -> None:
+        """Its owner or its talker changed here (what the relay's feed depends on)."""
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+
+    async def wait_role_change(self) -> None:
+        await self._role_changed.wait()
+
     def set_durable(self, count: int) -> None:
         """A mirror learns from the owner (or the store) that ``count`` chunks are
         durable: its talker may be acked for them, its tail may drop them."""
@@ -214,6 +231,7 @@ class LiveMessage:
 
     def mark_closed(self) -> None:
         self.closed = True
+        self.role_changed()
         for follower in self._followers:
             follower.detached.set()
         self._followers = []
@@ -429,6 +447,7 @@ class Hub:
 
     def talkers_changed(self, live: LiveMessage) -> None:
         """A talker attached to or left ``live`` here."""
+        live.role_changed()
         if self.on_talkers is not None:
             self.on_talkers()
         if self.relay is not None and live.uploader is None:

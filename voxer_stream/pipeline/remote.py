@@ -219,11 +219,17 @@ class Relay:
             log.info("message %s: owned here from chunk %d", live.id, record.chunks)
             live.mirror = False
             live.set_durable(record.chunks)
-            channel = live_channel(live.id)
-            live.on_durable = lambda count: self.bus.publish(channel, control("durable", n=count))
+            live.on_durable = lambda count: self._tell_durable(live, count)
             live.last_activity = trio.current_time()
             live.start_committer(self.hub.store, self._nursery)
+            live.role_changed()
             self._ask_from(live, force=True)
+
+    def _tell_durable(self, live: LiveMessage, count: int) -> None:
+        """After a commit: the talker's process acks from this, mirrors trim by it. An
+        owner whose talker is connected here acks it itself, and says nothing."""
+        if live.uploader is None:
+            self.bus.publish(live_channel(live.id), control("durable", n=count))
 
     async def _release(self, live: LiveMessage, owner: str) -> None:
         """The ring gives ``live`` to ``owner``: commit what was heard, then mirror it."""
@@ -238,6 +244,7 @@ class Relay:
             live.stop_committer()
             live.on_durable = None
             live.mirror = True
+            live.role_changed()
         self.bus.publish(own_channel(owner), json.dumps({"msg": live.id}).encode())
 
     def _ask_from(self, live: LiveMessage, *, force: bool = False) -> None:
@@ -320,6 +327,7 @@ class Relay:
                     live.uploader.supersede()
                     live.uploader = None
                     live.announce = None
+                    live.role_changed()
                     if self.hub.on_talkers is not None:
                         self.hub.on_talkers()  # not talker_left: the talker is elsewhere
 
@@ -418,15 +426,42 @@ class Relay:
                 self.hub.adopt(live)
                 self._feeds[message_id] = scope
                 task_status.started((record, live))
-                await self._follow(live, frames)
-            # The bus failed this subscription (it fell behind, or Redis went away).
+                failed = await self._follow_while_needed(live, frames)
             while not live.closed:
-                if live.mirror:
-                    await self._poll(live)
+                if self._quiet(live):
+                    await live.wait_role_change()
+                elif live.mirror and failed:
+                    await self._poll(live)  # until it closes, or is owned here
+                    failed = False
                 else:
                     async with self.bus.subscribe(live_channel(message_id)) as frames:
-                        self._ask_from(live, force=True)
-                        await self._follow(live, frames)
+                        if live.mirror:
+                            await self._fill(live, None)  # what went by meanwhile
+                        else:
+                            self._ask_from(live, force=True)
+                        failed = await self._follow_while_needed(live, frames)
+
+    @staticmethod
+    def _quiet(live: LiveMessage) -> bool:
+        """The owner, with its talker connected here: it needs nothing from the bus
+        (it is the source of every chunk), so it does not hear its own chunks echoed.
+        A takeover (the talker moved) ends that."""
+        return not live.mirror and live.uploader is not None
+
+    async def _follow_while_needed(self, live: LiveMessage, frames: AsyncIterable[bytes]) -> bool:
+        """Follow until the message closes or goes quiet; True if the bus failed the
+        subscription first (it fell behind, or Redis went away)."""
+        async with trio.open_nursery() as nursery:
+
+            async def until_quiet() -> None:
+                while not self._quiet(live):
+                    await live.wait_role_change()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_quiet)
+            await self._follow(live, frames)
+            nursery.cancel_scope.cancel()
+        return not live.closed and not self._quiet(live)
 
     def _drop(self, message_id: str) -> None:
         scope = self._feeds.pop(message_id, None)
@@ -438,8 +473,6 @@ class Relay:
         async for data in frames:
             if data[:1] == b"{":
                 self._control(live, data)
-            elif live.uploader is not None and not live.mirror:
-                pass  # the owner's own talker: its chunks, echoed back; nothing to decode
             else:
                 try:
                     frame = decode_frame(bytes(data))
