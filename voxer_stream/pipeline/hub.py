@@ -346,6 +346,12 @@ class Hub:
         """The message's stored record and, if it is live, its ``LiveMessage``."""
         live = self._live.get(message_id)
         if live is not None:
+            if live.mirror and self.relay is not None:
+                # Its owner may have closed it, with the end still on its way here: the
+                # store says (a new listener must not be told ``live``, VXS-6.2-4).
+                record = await self.store.get_message(message_id)
+                if record is not None and record.state == "closed":
+                    return record, None
             return live.record, live
         async with self._lock(message_id):
             live = self._live.get(message_id)
