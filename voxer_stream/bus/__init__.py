@@ -11,9 +11,9 @@ behind is told (``Subscription.overflowed``) rather than slowing the publisher. 
 listener must not miss is made whole from storage by the pipeline, by sequence number.
 """
 
-from .base import Bus, Subscription
+from .base import Bus, Subscription, follow_json
 from .local import LocalBus
 from .redis import Membership, RedisBus
 from .ring import Ring
 
-__all__ = ["Bus", "LocalBus", "Membership", "RedisBus", "Ring", "Subscription"]
+__all__ = ["Bus", "LocalBus", "Membership", "RedisBus", "Ring", "Subscription", "follow_json"]

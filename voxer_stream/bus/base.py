@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -57,3 +58,23 @@ class Bus(Protocol):
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive what is published on ``channel`` from the moment this returns (the
         subscription is active when ``__aenter__`` returns) until exit."""
+
+
+async def follow_json(
+    bus: Bus, channel: str, *, on_gap: Callable[[], None] | None = None
+) -> AsyncGenerator[dict[str, Any]]:
+    """The JSON objects published on ``channel``, for as long as the caller reads (close
+    it with ``contextlib.aclosing``). A subscription that overflowed (this process fell
+    behind) is taken up again, after ``on_gap``: what was missed is gone, the caller
+    re-reads whatever it depends on."""
+    while True:
+        async with bus.subscribe(channel) as subscription:
+            async for data in subscription:
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    yield message
+        if on_gap is not None:
+            on_gap()

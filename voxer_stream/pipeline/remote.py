@@ -40,13 +40,13 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncIterable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from ..bus import Bus
+from ..bus import Bus, follow_json
 from ..store.base import MessageRecord
 from ..wire import Chunk, End, ErrorCode, ProtocolError, decode_frame, encode_frame
 from .hub import Hub, LiveMessage
@@ -113,9 +113,6 @@ class Relay:
         if self.membership is None:
             return self.member
         return self.membership.owner(message_id) or self.member
-
-    def owned(self) -> list[str]:
-        return [live.id for live in self.hub.held() if not live.mirror]
 
     # -- the talker's side (the ingress) ------------------------------------------------
 
@@ -302,22 +299,9 @@ class Relay:
             nursery.start_soon(self._hear_starts)
             nursery.start_soon(self._rebalance_loop)
 
-    async def _follow_channel(self, channel: str) -> AsyncGenerator[dict[str, Any]]:
-        """The JSON objects published on ``channel``; a subscription that overflowed
-        (this process fell behind) is taken up again."""
-        while True:
-            async with self.bus.subscribe(channel) as subscription:
-                async for data in subscription:
-                    try:
-                        message = json.loads(data)
-                    except ValueError:
-                        continue
-                    if isinstance(message, dict):
-                        yield message
-
     async def _hear_takeovers(self) -> None:
         """A talker of a message this process had the upload of moved elsewhere."""
-        async with aclosing(self._follow_channel(TAKEOVER_CHANNEL)) as takeovers:
+        async with aclosing(follow_json(self.bus, TAKEOVER_CHANNEL)) as takeovers:
             async for message in takeovers:
                 if message.get("from") == self.member:
                     continue
@@ -333,7 +317,7 @@ class Relay:
 
     async def _hear_requests(self) -> None:
         """Another process (an ingress, or a former owner) says this one owns a message."""
-        async with aclosing(self._follow_channel(own_channel(self.member))) as requests:
+        async with aclosing(follow_json(self.bus, own_channel(self.member))) as requests:
             async for message in requests:
                 if isinstance(message_id := message.get("msg"), str):
                     self._nursery.start_soon(self._adopt_logged, message_id)
@@ -345,7 +329,7 @@ class Relay:
     async def _hear_starts(self) -> None:
         """A talker started a message on another process: a thread watched here (a
         WebRTC monitor) plays it from a mirror."""
-        async with aclosing(self._follow_channel(STARTED_CHANNEL)) as starts:
+        async with aclosing(follow_json(self.bus, STARTED_CHANNEL)) as starts:
             async for message in starts:
                 thread, message_id = message.get("thread"), message.get("msg")
                 if message.get("from") == self.member or not isinstance(message_id, str):

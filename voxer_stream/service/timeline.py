@@ -29,13 +29,13 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 
-from ..bus import Bus, LocalBus
+from ..bus import Bus, LocalBus, follow_json
 from ..store.base import Event, MessageRecord, NewEvent, Store
 from ..wire import ErrorCode, ProtocolError
 from .identity import now_ms
@@ -173,16 +173,14 @@ class Timeline:
     async def _hear(self, channel: str, heard: Callable[[dict[str, Any]], None]) -> None:
         """Follow a channel; one that overflowed (this process fell behind) is taken up
         again, and every waiter is woken to re-read rather than miss an append."""
-        while True:
-            async with self.bus.subscribe(channel) as subscription:
-                async for data in subscription:
-                    try:
-                        message = json.loads(data)
-                    except ValueError:
-                        continue
-                    if isinstance(message, dict) and message.get("from") != self.process:
-                        heard(message)
+
+        def wake_all() -> None:
             self._wake(list(self._waiters))
+
+        async with aclosing(follow_json(self.bus, channel, on_gap=wake_all)) as messages:
+            async for message in messages:
+                if message.get("from") != self.process:
+                    heard(message)
 
     def _heard_append(self, message: dict[str, Any]) -> None:
         self._wake(message.get("accounts", ()))

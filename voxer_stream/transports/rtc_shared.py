@@ -26,11 +26,13 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
 import trio
 
+from ..bus import follow_json
 from ..wire import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -158,19 +160,15 @@ class SharedSessions:
             self._client.close()
 
     async def _serve(self, handler: Handler) -> None:
-        while True:
-            async with (
-                self.bus.subscribe(request_channel(self.member)) as requests,
-                trio.open_nursery() as nursery,
-            ):
-                async for data in requests:
-                    try:
-                        request = json.loads(data)
-                        args = [str(request[k]) for k in ("op", "kind", "account", "session")]
-                        reply = str(request["reply"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    nursery.start_soon(self._answer, handler, args, reply)
+        requests = follow_json(self.bus, request_channel(self.member))
+        async with aclosing(requests), trio.open_nursery() as nursery:
+            async for request in requests:
+                try:
+                    args = [str(request[k]) for k in ("op", "kind", "account", "session")]
+                    reply = str(request["reply"])
+                except KeyError:
+                    continue
+                nursery.start_soon(self._answer, handler, args, reply)
 
     async def _answer(self, handler: Handler, args: list[str], reply: str) -> None:
         try:

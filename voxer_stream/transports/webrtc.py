@@ -521,7 +521,7 @@ class RtcGateway:
                 self._nursery = nursery
                 nursery.start_soon(self._reap)
                 if self.shared is not None:
-                    nursery.start_soon(self.shared.serve, self._answer_remote)
+                    nursery.start_soon(self.shared.serve, self._answer_here)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -566,12 +566,12 @@ class RtcGateway:
         local = self.sessions.get(session_id)
         if local is None and self.shared is not None:
             return await self.shared.ask(op, kind, account_id, session_id)
-        return await self._answer_remote(op, kind, account_id, session_id)
+        return await self._answer_here(op, kind, account_id, session_id)
 
-    async def _answer_remote(
+    async def _answer_here(
         self, op: str, kind: str, account_id: str, session_id: str
     ) -> dict[str, Any]:
-        """What this process answers for one of its sessions (asked here or elsewhere)."""
+        """What this process answers for one of its own sessions (asked here or elsewhere)."""
         found = self.find(account_id, session_id, WhipSession if kind == "whip" else WhepSession)
         if op == "status":
             return found.status()  # type: ignore[no-any-return]
